@@ -1,0 +1,1 @@
+"""Pure planning functions: budgets, compute-optimal sizes, model shapes, the campaign plan."""

@@ -1,0 +1,70 @@
+"""Parametric scaling laws L(N, D) = E + A/N^α + B/D^β and their compute-optimal allocation.
+
+Published laws (Hoffmann et al. 2022, Approach 3 rounded and unrounded; Epoch AI's 2024 refit) and any law
+fitted by a campaign share one type, so every consumer (planner, fitter, engine, report) uses the same
+closed-form optimum under C = 6·N·D.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ScalingLaw:
+    """L(N, D) = E + A / N**alpha + B / D**beta, N in parameters and D in tokens."""
+
+    E: float
+    A: float
+    B: float
+    alpha: float
+    beta: float
+    name: str = "fitted"
+
+    def loss(self, params: float, tokens: float) -> float:
+        return self.E + self.A / params**self.alpha + self.B / tokens**self.beta
+
+    @property
+    def params_exponent(self) -> float:
+        """a in N_opt ∝ C^a."""
+        return self.beta / (self.alpha + self.beta)
+
+    @property
+    def tokens_exponent(self) -> float:
+        """b in D_opt ∝ C^b."""
+        return self.alpha / (self.alpha + self.beta)
+
+    def compute_optimal(self, flops: float) -> ComputeOptimum:
+        """Minimise L subject to 6·N·D = C (Hoffmann et al., eq. 4):
+        N_opt = G·(C/6)^a, D_opt = G⁻¹·(C/6)^b, G = (αA / (βB))^(1/(α+β))."""
+        if not flops > 0:
+            raise ValueError(f"compute budget must be positive, got {flops!r}")
+        g = (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / (self.alpha + self.beta))
+        params = g * (flops / 6.0) ** self.params_exponent
+        tokens = (flops / 6.0) ** self.tokens_exponent / g
+        return ComputeOptimum(flops=flops, params=params, tokens=tokens, loss=self.loss(params, tokens))
+
+    def as_dict(self) -> dict[str, float | str]:
+        return {"name": self.name, "E": self.E, "A": self.A, "B": self.B, "alpha": self.alpha, "beta": self.beta}
+
+
+@dataclass(frozen=True)
+class ComputeOptimum:
+    flops: float
+    params: float
+    tokens: float
+    loss: float
+
+    @property
+    def tokens_per_param(self) -> float:
+        return self.tokens / self.params
+
+
+CHINCHILLA_3_ROUNDED = ScalingLaw(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28, name="chinchilla-3-rounded")
+CHINCHILLA_3 = ScalingLaw(
+    E=math.exp(0.5267228), A=math.exp(6.0073404), B=math.exp(6.0179186),
+    alpha=0.33917084, beta=0.2849083, name="chinchilla-3",
+)
+EPOCH = ScalingLaw(E=1.8172, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658, name="epoch")
+"""Epoch AI's refit of the Chinchilla points (Besiroglu et al. 2024, arXiv:2404.10102), their Table 1."""

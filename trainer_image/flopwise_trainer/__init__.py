@@ -1,0 +1,1 @@
+"""The flopwise trainer: muP transformer training that reports what the fitter needs."""
