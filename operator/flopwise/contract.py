@@ -33,6 +33,13 @@ GPU_PEAK_FLOPS: dict[str, float] = {
     "A10G": 125e12,
     "B200": 2250e12,
 }
+GPU_ALIASES: dict[str, str] = {"A100": "A100-80GB", "A100-40": "A100-40GB", "A100-80": "A100-80GB",
+                               "H100": "H100-SXM"}
+
+
+def gpu_peak_flops(gpu_type: str) -> float | None:
+    """Peak dense bf16 FLOP/s of a known GPU type (or alias), else None."""
+    return GPU_PEAK_FLOPS.get(GPU_ALIASES.get(gpu_type, gpu_type))
 
 
 class _Strict(BaseModel):
@@ -67,27 +74,15 @@ class ModelShape(_Strict):
     def head_dim(self) -> int:
         return self.d_model // self.n_head
 
-    def block_params(self) -> int:
-        """One transformer block: qkv + output projection, two MLP matrices, two LayerNorm weights."""
-        d = self.d_model
-        return 4 * d * d + 2 * d * self.ffn_width + 2 * d
-
-    def embedding_params(self) -> int:
-        """Token embedding, learned positions if any, and the LM head when it is not tied."""
-        emb = self.vocab_size * self.d_model
-        if self.positional == "learned":
-            emb += self.seq_len * self.d_model
-        if not self.tied_embeddings:
-            emb += self.vocab_size * self.d_model
-        return emb
+    def param_count(self) -> int:
+        """Every trainable parameter (Chinchilla's N): what the trainer's model has, exactly."""
+        return count_params(self.n_layer, self.d_model, self.vocab_size, self.seq_len, d_ff=self.ffn_width,
+                            tied_embeddings=self.tied_embeddings, positional=self.positional)
 
     def non_embedding_params(self) -> int:
         """Blocks plus the final LayerNorm (Kaplan's N)."""
-        return self.n_layer * self.block_params() + self.d_model
-
-    def param_count(self) -> int:
-        """Every trainable parameter (Chinchilla's N): what the trainer's model has, exactly."""
-        return self.non_embedding_params() + self.embedding_params()
+        return self.param_count() - embedding_params(self.d_model, self.vocab_size, self.seq_len,
+                                                     tied_embeddings=self.tied_embeddings, positional=self.positional)
 
     def flops_per_token(self) -> float:
         """Exact training FLOPs per token: 6× the matmul weights (LM head included even when tied,
@@ -95,6 +90,28 @@ class ModelShape(_Strict):
         d, layers = self.d_model, self.n_layer
         matmul_weights = layers * (4 * d * d + 2 * d * self.ffn_width) + self.vocab_size * d
         return 6.0 * matmul_weights + 6.0 * layers * self.seq_len * d
+
+
+def embedding_params(d_model: int, vocab_size: int, seq_len: int, *, tied_embeddings: bool = True,
+                     positional: str = "rope") -> int:
+    """Token embedding, learned positions if any, and the LM head when it is not tied."""
+    params = vocab_size * d_model
+    if positional == "learned":
+        params += seq_len * d_model
+    if not tied_embeddings:
+        params += vocab_size * d_model
+    return params
+
+
+def count_params(n_layer: int, d_model: int, vocab_size: int, seq_len: int, *, d_ff: int | None = None,
+                 tied_embeddings: bool = True, positional: str = "rope") -> int:
+    """Exact parameters of the trainer's transformer. Per block: qkv and output projections (4d²), the two
+    MLP matrices (2·d·d_ff) and two weight-only LayerNorms (2d); then a final LayerNorm and the embeddings.
+    A plain function so the planner can score thousands of candidate shapes cheaply."""
+    ffn = d_ff if d_ff is not None else 4 * d_model
+    block = 4 * d_model * d_model + 2 * d_model * ffn + 2 * d_model
+    return n_layer * block + d_model + embedding_params(d_model, vocab_size, seq_len,
+                                                        tied_embeddings=tied_embeddings, positional=positional)
 
 
 def flops_6nd(params: int | float, tokens: int | float) -> float:
@@ -213,6 +230,10 @@ class RunSpec(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False
     peak_flops: float | None = Field(default=None, gt=0, alias="peakFlops", description="per device, for MFU")
+    micro_batch_size: int | None = Field(
+        default=None, ge=1, le=1_000_000, alias="microBatchSize",
+        description="sequences per forward pass per device; smaller than the per-device batch means gradient "
+                    "accumulation (the trainer also halves it by itself on a CUDA out-of-memory error)")
     lora: LoraSpec | None = None
 
     @property

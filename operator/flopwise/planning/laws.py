@@ -45,6 +45,14 @@ class ScalingLaw:
         tokens = (flops / 6.0) ** self.tokens_exponent / g
         return ComputeOptimum(flops=flops, params=params, tokens=tokens, loss=self.loss(params, tokens))
 
+    def allocate(self, flops: float) -> ComputeOptimum:
+        return self.compute_optimal(flops)
+
+    def flops_for_params(self, params: float) -> float:
+        """The budget for which ``params`` is compute-optimal (inverse of N_opt(C))."""
+        g = (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / (self.alpha + self.beta))
+        return 6.0 * (params / g) ** (1.0 / self.params_exponent)
+
     def as_dict(self) -> dict[str, float | str]:
         return {"name": self.name, "E": self.E, "A": self.A, "B": self.B, "alpha": self.alpha, "beta": self.beta}
 
@@ -54,7 +62,7 @@ class ComputeOptimum:
     flops: float
     params: float
     tokens: float
-    loss: float
+    loss: float | None
 
     @property
     def tokens_per_param(self) -> float:
@@ -68,3 +76,49 @@ CHINCHILLA_3 = ScalingLaw(
 )
 EPOCH = ScalingLaw(E=1.8172, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658, name="epoch")
 """Epoch AI's refit of the Chinchilla points (Besiroglu et al. 2024, arXiv:2404.10102), their Table 1."""
+
+
+@dataclass(frozen=True)
+class PowerLawAllocation:
+    """Chinchilla Approaches 1 and 2 give N_opt ∝ C^a (and D = C/(6N)) rather than a loss law.
+
+    Each carries the paper's exponent (0.50 and 0.49); its one coefficient is the least-squares fit, in log
+    space, of N = k·C^a to the six (N, C) rows of the paper's Table 3 for that approach, written here as the
+    budget at which a 1B-parameter model is optimal. Its tokens follow from C = 6·N·D.
+    """
+
+    params_exponent: float
+    anchor_params: float
+    anchor_flops: float
+    name: str
+
+    def allocate(self, flops: float) -> ComputeOptimum:
+        if not flops > 0:
+            raise ValueError(f"compute budget must be positive, got {flops!r}")
+        params = self.anchor_params * (flops / self.anchor_flops) ** self.params_exponent
+        return ComputeOptimum(flops=flops, params=params, tokens=flops / (6.0 * params), loss=None)
+
+    def flops_for_params(self, params: float) -> float:
+        return self.anchor_flops * (params / self.anchor_params) ** (1.0 / self.params_exponent)
+
+
+CHINCHILLA_1 = PowerLawAllocation(params_exponent=0.50, anchor_params=1e9, anchor_flops=1.241e20, name="chinchilla-1")
+CHINCHILLA_2 = PowerLawAllocation(params_exponent=0.49, anchor_params=1e9, anchor_flops=1.214e20, name="chinchilla-2")
+
+AllocationRule = ScalingLaw | PowerLawAllocation
+
+LAWS: dict[str, AllocationRule] = {
+    rule.name: rule for rule in (CHINCHILLA_3, CHINCHILLA_3_ROUNDED, CHINCHILLA_1, CHINCHILLA_2, EPOCH)
+}
+
+
+def allocation_rule(name: str) -> AllocationRule:
+    try:
+        return LAWS[name]
+    except KeyError:
+        raise ValueError(f"unknown law {name!r}: use one of {', '.join(LAWS)}") from None
+
+
+def tokens_for_params(rule: AllocationRule, params: float) -> float:
+    """Compute-optimal training tokens for a model of ``params`` parameters under ``rule``."""
+    return rule.allocate(rule.flops_for_params(params)).tokens

@@ -1,0 +1,7 @@
+"""`python -m flopwise` is the `flopwise` command."""
+
+import sys
+
+from flopwise.cli import main
+
+sys.exit(main())

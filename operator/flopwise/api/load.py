@@ -1,0 +1,93 @@
+"""Read a campaign from YAML and turn every problem into a message that names the field and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from flopwise.api.spec import FieldProblem, TrainingCampaign
+
+MAX_FILE_BYTES = 1 << 20  # etcd refuses objects over ~1.5 MiB; a campaign file is a few KiB
+
+
+class CampaignError(ValueError):
+    """A campaign that cannot be used, with one line per problem (`field: what is wrong. fix`)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def field_path(loc: tuple[Any, ...]) -> str:
+    """`('spec', 'budget', 'split', 'ladder')` → `spec.budget.split.ladder`; list indices as `[i]`."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _hint(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "remove it or fix its spelling (see `flopwise crd` for the schema)"
+    if kind == "missing":
+        return "add it"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return "use a value in range"
+    if kind == "literal_error":
+        return "use one of the listed values"
+    return ""
+
+
+def describe(error: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
+    """One readable line per pydantic error (the value is shown, shortened, never the whole input)."""
+    lines = []
+    for err in error.errors(include_url=False):
+        # A model-level validator reports at its model's path; its message already says what to do.
+        message = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = ""
+        if err["type"] not in ("missing", "value_error") and not isinstance(got, dict | list):
+            text = repr(got)
+            shown = f" (got {text[:60]}{'…' if len(text) > 60 else ''})"
+        hint = _hint(err)
+        loc = prefix + tuple(err["loc"])
+        problem = (err.get("ctx") or {}).get("error")
+        if isinstance(problem, FieldProblem) and problem.field:
+            loc += tuple(problem.field.split("."))
+        lines.append(f"{field_path(loc)}: {message}{shown}" + (f"; {hint}" if hint else ""))
+    return lines
+
+
+def parse_campaign(document: Any) -> TrainingCampaign:
+    if not isinstance(document, dict):
+        raise CampaignError(["(top level): a campaign is a YAML mapping with apiVersion, kind, metadata and spec"])
+    try:
+        return TrainingCampaign.model_validate(document)
+    except ValidationError as error:
+        raise CampaignError(describe(error)) from None
+
+
+def load_campaign(path: str | Path) -> TrainingCampaign:
+    """Load and validate one TrainingCampaign from a YAML (or JSON) file."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise CampaignError([f"{path}: {size} bytes is too large for a campaign (limit {MAX_FILE_BYTES})"])
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise CampaignError([f"{path}: cannot read the file ({error})"]) from None
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as error:
+        raise CampaignError([f"{path}: not valid YAML ({str(error).splitlines()[0]})"]) from None
+    if len(documents) != 1:
+        raise CampaignError([f"{path}: expected exactly one YAML document, found {len(documents)}"])
+    return parse_campaign(documents[0])

@@ -1,0 +1,236 @@
+"""The TrainingCampaign spec: a team's intent (budget, GPU pool, model family, data, tuning, trainer).
+
+These pydantic models are the single truth: `crds/trainingcampaign.yaml` is generated from them
+(`flopwise crd`), and a test fails when the file is stale. Field names are camelCase on the wire (Kubernetes
+API conventions) and snake_case in Python.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from flopwise.contract import GPU_ALIASES, GPU_PEAK_FLOPS, gpu_peak_flops
+
+GROUP = "flopwise.dev"
+VERSION = "v1alpha1"
+KIND = "TrainingCampaign"
+PLURAL = "trainingcampaigns"
+SHORT_NAMES = ["tc", "campaign"]
+
+PLANNING_LAWS = ("chinchilla-3", "chinchilla-3-rounded", "chinchilla-1", "chinchilla-2", "epoch")
+PlanningLaw = Literal["chinchilla-3", "chinchilla-3-rounded", "chinchilla-1", "chinchilla-2", "epoch"]
+
+
+class FieldProblem(ValueError):
+    """Raised by a cross-field validator: ``field`` is relative to the model that raised it, so the error
+    reported to the user names the exact field (e.g. `spec.budget.usd`), not just the enclosing object."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(message)
+
+
+class ApiModel(BaseModel):
+    """camelCase on the wire, unknown fields refused (a typo must not silently change a budget)."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True,
+                              validate_default=True)
+
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class BudgetSplit(ApiModel):
+    """Shares of the budget. Exploration (ladder + rounds) is kept small; the rest buys the final model."""
+
+    ladder: Fraction = Field(default=0.10, description="scaling-ladder runs that the law is fitted to")
+    round1: Fraction = Field(default=0.04, description="Round 1: many short tuning runs at a proxy size")
+    round2: Fraction = Field(default=0.04, description="Round 2: a few long runs at the best Round-1 points")
+    final: Fraction = Field(default=0.80, description="the compute-optimal final run")
+
+    @model_validator(mode="after")
+    def _sums_to_at_most_one(self) -> BudgetSplit:
+        total = self.ladder + self.round1 + self.round2 + self.final
+        if total > 1.0 + 1e-9:
+            raise FieldProblem(
+                "", f"the shares sum to {total:.3f} (ladder {self.ladder} + round1 {self.round1} + round2 "
+                f"{self.round2} + final {self.final}); they must sum to at most 1: lower one of them"
+            )
+        if self.ladder <= 0:
+            raise FieldProblem("ladder", "must be > 0: a campaign fits its law to the ladder's runs")
+        return self
+
+
+class Budget(ApiModel):
+    """A FLOP and/or dollar budget; when both are given the tighter one binds."""
+
+    flops: float | None = Field(default=None, gt=0, le=1e32, description="total training FLOPs")
+    usd: float | None = Field(default=None, gt=0, le=1e12, description="total dollars (needs gpuPool.pricePerGpuHour)")
+    split: BudgetSplit = Field(default_factory=BudgetSplit)
+    margin: float = Field(default=0.05, ge=0.0, lt=0.5,
+                          description="share of the budget never planned, kept for measured-vs-planned drift")
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> Budget:
+        if self.flops is None and self.usd is None:
+            raise FieldProblem("", "give budget.flops and/or budget.usd (e.g. flops: 1e21 or usd: 50000)")
+        return self
+
+
+class Toleration(ApiModel):
+    key: str | None = Field(default=None, max_length=316)
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = Field(default=None, max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(default=None, ge=0)
+
+
+class GpuPool(ApiModel):
+    """Where runs execute and what a GPU-hour costs. Peak FLOP/s come from a table unless overridden."""
+
+    gpu_type: str = Field(default="H100-SXM", min_length=1, max_length=63,
+                          description=f"one of {', '.join([*GPU_PEAK_FLOPS, *GPU_ALIASES])}, "
+                          "or any name with peakFlops")
+    peak_flops: float | None = Field(default=None, gt=0, le=1e18, description="dense bf16 FLOP/s per GPU")
+    gpus_per_run: int = Field(default=1, ge=1, le=4096)
+    max_concurrent_gpus: int = Field(default=8, ge=1, le=100_000)
+    price_per_gpu_hour: float = Field(default=0.0, ge=0.0, le=10_000.0, description="dollars per GPU-hour")
+    expected_mfu: float = Field(default=0.40, gt=0.0, le=1.0, description="model FLOPs utilisation until measured")
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
+    queue_name: str | None = Field(default=None, max_length=63, description="Kueue LocalQueue; Jobs start suspended")
+
+    @model_validator(mode="after")
+    def _known_peak(self) -> GpuPool:
+        if self.peak_flops is None and gpu_peak_flops(self.gpu_type) is None:
+            raise FieldProblem(
+                "gpuType", f"unknown gpuType {self.gpu_type!r}: use one of {', '.join(GPU_PEAK_FLOPS)} "
+                "or give gpuPool.peakFlops (dense bf16 FLOP/s per GPU)"
+            )
+        return self
+
+    @property
+    def peak(self) -> float:
+        peak = self.peak_flops if self.peak_flops is not None else gpu_peak_flops(self.gpu_type)
+        assert peak is not None  # guaranteed by _known_peak
+        return peak
+
+    @property
+    def max_concurrent_runs(self) -> int:
+        return max(1, self.max_concurrent_gpus // self.gpus_per_run)
+
+
+class ModelFamily(ApiModel):
+    """The family concrete shapes are drawn from: a decoder-only transformer with a width/depth rule."""
+
+    family: Literal["decoder-only"] = "decoder-only"
+    vocab_size: int = Field(default=50304, ge=2, le=1_048_576)
+    seq_len: int = Field(default=2048, ge=8, le=1_048_576)
+    aspect_ratio: float = Field(default=64.0, gt=0, le=10_000, description="target dModel / nLayer")
+    head_dim: int = Field(default=64, ge=8, le=512)
+    width_multiple: int = Field(default=64, ge=1, le=1024, description="dModel is a multiple of this")
+    min_layers: int = Field(default=2, ge=1, le=512)
+    max_layers: int = Field(default=128, ge=1, le=512)
+    tied_embeddings: bool = True
+    positional: Literal["rope", "learned"] = "rope"
+    parameterization: Literal["mup", "sp"] = Field(default="mup", description="mup makes Round 1's LR transfer")
+
+    @model_validator(mode="after")
+    def _layers_ordered(self) -> ModelFamily:
+        if self.min_layers > self.max_layers:
+            raise FieldProblem("minLayers", f"minLayers ({self.min_layers}) exceeds maxLayers ({self.max_layers})")
+        return self
+
+
+class Dataset(ApiModel):
+    """Token shards (flat uint16/uint32 files) and how many tokens exist."""
+
+    path: str = Field(min_length=1, max_length=4096, description="directory of token shards inside the pod")
+    claim_name: str | None = Field(default=None, max_length=253, description="PersistentVolumeClaim holding path")
+    tokens: float | None = Field(default=None, gt=0, le=1e16, description="tokens available (plans never exceed "
+                                 "tokens × maxEpochs without saying so)")
+    max_epochs: float = Field(default=1.0, gt=0, le=100)
+
+
+class Tuning(ApiModel):
+    """What Round 1 searches and how Round 2 lengthens the best points (the tuning playbook)."""
+
+    base_learning_rate: float = Field(default=3e-3, gt=0, le=10, description="muP guess at the base width")
+    lr_grid_points: int = Field(default=5, ge=3, le=25)
+    lr_grid_factor: float = Field(default=2.0, gt=1.0, le=10.0, description="ratio between neighbouring LRs")
+    warmup_fractions: list[Fraction] = Field(default_factory=lambda: [0.02], min_length=1, max_length=8)
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
+    decay_fraction: Fraction = Field(default=0.2, description="linear/wsd: share of Round 1's steps spent decaying")
+    batch_tokens: int = Field(default=524_288, ge=1, le=1 << 40, description="tokens per optimiser step")
+    round1_length_fraction: Fraction = Field(default=0.1, description="Round 1 run length vs a full-length run")
+    round2_runs: int = Field(default=2, ge=0, le=16, description="best Round-1 points rerun at full length")
+    round2_length_fraction: Fraction = Field(default=1.0, description="Round 2 run length vs a full-length run")
+    max_retries: int = Field(default=1, ge=0, le=10, description="reruns of a failed run before it is charged")
+
+
+class Ladder(ApiModel):
+    """The scaling ladder: small runs spread log-uniformly below the target, each compute-optimal."""
+
+    sizes: int = Field(default=5, ge=5, le=32)
+    spread: float = Field(default=16.0, ge=2.0, le=1e4, description="largest / smallest parameter count")
+    min_params: int = Field(default=1_000_000, ge=1_000, description="no rung smaller than this")
+
+
+class Resources(ApiModel):
+    requests: dict[str, Annotated[str, Field(max_length=64)]] = Field(default_factory=dict)
+    limits: dict[str, Annotated[str, Field(max_length=64)]] = Field(default_factory=dict)
+
+
+class Trainer(ApiModel):
+    """The trainer container: the image, an optional exec-form command override, resources."""
+
+    image: str = Field(default="ghcr.io/flopwise/trainer:0.1.0", min_length=1, max_length=512)
+    command: list[Annotated[str, Field(max_length=4096)]] | None = Field(default=None, max_length=64)
+    args: list[Annotated[str, Field(max_length=4096)]] = Field(default_factory=list, max_length=64)
+    resources: Resources = Field(default_factory=Resources)
+
+
+class Final(ApiModel):
+    enabled: bool = Field(default=False, description="train the recommended model with budget.split.final")
+
+
+class TrainingCampaignSpec(ApiModel):
+    """What the team wants: the best model a budget buys, found by a ladder, two tuning rounds and a fit."""
+
+    budget: Budget
+    gpu_pool: GpuPool = Field(default_factory=GpuPool)
+    model: ModelFamily = Field(default_factory=ModelFamily)
+    dataset: Dataset
+    tuning: Tuning = Field(default_factory=Tuning)
+    ladder: Ladder = Field(default_factory=Ladder)
+    law: PlanningLaw = Field(default="chinchilla-3", description="prior law used until the campaign fits its own")
+    trainer: Trainer = Field(default_factory=Trainer)
+    final: Final = Field(default_factory=Final)
+
+    @model_validator(mode="after")
+    def _dollars_need_a_price(self) -> TrainingCampaignSpec:
+        if self.budget.usd is not None and self.gpu_pool.price_per_gpu_hour <= 0:
+            raise FieldProblem("budget.usd", "needs gpuPool.pricePerGpuHour > 0 to convert dollars into FLOPs")
+        return self
+
+
+class ObjectMeta(BaseModel):
+    """The part of Kubernetes metadata a campaign file needs (the API server owns the rest)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    namespace: str | None = Field(default=None, max_length=63)
+
+
+class TrainingCampaign(BaseModel):
+    """A whole `TrainingCampaign` object as written in a YAML file."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    api_version: Literal["flopwise.dev/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["TrainingCampaign"]
+    metadata: ObjectMeta
+    spec: TrainingCampaignSpec
+    status: dict[str, Any] | None = None

@@ -1,0 +1,162 @@
+"""The TrainingCampaign status: observation only, written by flopwise (engine or operator), never by users.
+
+It is the campaign's only memory (Kubernetes API conventions): the plan, the budget ledger, the fitted law
+and the predictions, run counts and `conditions` with `observedGeneration`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from flopwise.api.spec import ApiModel
+from flopwise.contract import ModelShape
+
+Phase = Literal["Pending", "Planned", "Ladder", "Round1", "Round2", "Final", "Succeeded", "Failed"]
+RunRole = Literal["ladder", "round1", "round2", "final", "seed"]
+
+
+class Condition(ApiModel):
+    """A Kubernetes-style condition (type, status, reason, message, observedGeneration)."""
+
+    type: str = Field(max_length=316)
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(default="", max_length=1024)
+    message: str = Field(default="", max_length=32768)
+    last_transition_time: str | None = None
+    observed_generation: int | None = Field(default=None, ge=0)
+
+
+class PlannedRun(ApiModel):
+    """One run the plan intends to launch, with its exact FLOPs and forecast cost."""
+
+    run_id: str
+    role: RunRole
+    shape: ModelShape
+    params: int = Field(ge=1)
+    tokens: int = Field(ge=1)
+    batch_size: int = Field(ge=1, description="sequences per optimiser step")
+    steps: int = Field(ge=1)
+    flops: float = Field(ge=0, description="exact FLOPs (matmuls + attention)")
+    gpu_hours: float = Field(ge=0)
+    usd: float = Field(ge=0)
+    learning_rate: float | None = Field(default=None, gt=0)
+    warmup_fraction: float | None = Field(default=None, ge=0, le=1)
+
+
+class PhasePlan(ApiModel):
+    """The runs of one phase and what they cost together."""
+
+    share: float = Field(ge=0, le=1, description="budget share allotted to the phase")
+    allotted_flops: float = Field(ge=0)
+    flops: float = Field(ge=0, description="FLOPs the planned runs use")
+    usd: float = Field(ge=0)
+    runs: list[PlannedRun] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+
+
+class TargetPlan(ApiModel):
+    """The compute-optimal model the final share buys."""
+
+    law: str
+    flops: float = Field(ge=0)
+    params_optimal: float = Field(ge=0, description="N_opt from the law, before rounding to a shape")
+    tokens_optimal: float = Field(ge=0)
+    shape: ModelShape
+    params: int = Field(ge=1, description="exact parameters of the chosen shape")
+    tokens: int = Field(ge=1)
+    tokens_per_param: float = Field(ge=0)
+    predicted_loss: float | None = None
+    gpu_hours: float = Field(ge=0)
+    usd: float = Field(ge=0)
+    data_limited: bool = False
+
+
+class Plan(ApiModel):
+    """What flopwise will do with the budget, before anything runs."""
+
+    law: str
+    budget_flops: float = Field(ge=0, description="the binding budget in FLOPs")
+    budget_usd: float | None = Field(default=None, ge=0, description="the binding budget in dollars, if priced")
+    binding: Literal["flops", "usd"]
+    margin_flops: float = Field(ge=0, description="never planned: kept for measured-vs-planned drift")
+    peak_flops_per_gpu: float = Field(gt=0)
+    mfu: float = Field(gt=0, le=1)
+    target: TargetPlan
+    ladder: PhasePlan
+    round1: PhasePlan
+    round2: PhasePlan
+    final: PhasePlan
+    planned_flops: float = Field(ge=0)
+    planned_usd: float = Field(ge=0)
+    warnings: list[str] = Field(default_factory=list)
+    dropped: list[str] = Field(default_factory=list, description="what did not fit the budget, and why")
+
+    def phases(self) -> dict[str, PhasePlan]:
+        return {"ladder": self.ladder, "round1": self.round1, "round2": self.round2, "final": self.final}
+
+    def all_runs(self) -> list[PlannedRun]:
+        return [run for phase in self.phases().values() for run in phase.runs]
+
+
+class LedgerTotals(ApiModel):
+    """Budget accounting. Invariant: reserved + spent ≤ budget, in FLOPs and (when priced) dollars."""
+
+    budget_flops: float = Field(default=0.0, ge=0)
+    budget_usd: float | None = Field(default=None, ge=0)
+    reserved_flops: float = Field(default=0.0, ge=0)
+    spent_flops: float = Field(default=0.0, ge=0)
+    reserved_gpu_hours: float = Field(default=0.0, ge=0)
+    spent_gpu_hours: float = Field(default=0.0, ge=0)
+    reserved_usd: float = Field(default=0.0, ge=0)
+    spent_usd: float = Field(default=0.0, ge=0)
+    used_percent: float = Field(default=0.0, ge=0, description="(reserved + spent) / budget, in percent")
+
+
+class FittedLaw(ApiModel):
+    """L(N, D) = E + A/N^α + B/D^β fitted to the campaign's runs, with 95% intervals where bootstrapped."""
+
+    E: float
+    A: float
+    B: float
+    alpha: float
+    beta: float
+    mode: str = Field(default="full", description="full, borrowed-exponents or fixed-ratio")
+    n_points: int = Field(default=0, ge=0)
+    n_runs: int = Field(default=0, ge=0)
+    ci_low: dict[str, float] = Field(default_factory=dict)
+    ci_high: dict[str, float] = Field(default_factory=dict)
+    backtest_are: float | None = Field(default=None, ge=0, description="ARE on held-out largest runs")
+
+
+class Prediction(ApiModel):
+    """The predicted final loss of the recommended model, with its interval."""
+
+    params: float = Field(ge=0)
+    tokens: float = Field(ge=0)
+    loss: float
+    loss_low: float | None = None
+    loss_high: float | None = None
+
+
+class RunCounts(ApiModel):
+    planned: int = Field(default=0, ge=0)
+    pending: int = Field(default=0, ge=0)
+    running: int = Field(default=0, ge=0)
+    succeeded: int = Field(default=0, ge=0)
+    failed: int = Field(default=0, ge=0)
+
+
+class TrainingCampaignStatus(ApiModel):
+    phase: Phase = "Pending"
+    observed_generation: int | None = Field(default=None, ge=0)
+    message: str = Field(default="", max_length=32768)
+    conditions: list[Condition] = Field(default_factory=list)
+    plan: Plan | None = None
+    ledger: LedgerTotals = Field(default_factory=LedgerTotals)
+    law: FittedLaw | None = None
+    prediction: Prediction | None = None
+    target_params: int | None = Field(default=None, ge=0, description="parameters of the recommended model")
+    predicted_loss: float | None = Field(default=None, description="predicted final loss of the recommended model")
+    runs: RunCounts = Field(default_factory=RunCounts)

@@ -1,0 +1,69 @@
+"""The CRD is generated from the pydantic models, and the committed file is exactly that output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from flopwise.api.crd import crd_manifest, crd_yaml
+
+CRD_FILE = Path(__file__).resolve().parents[1] / "crds" / "trainingcampaign.yaml"
+
+
+def test_committed_crd_is_what_the_models_generate() -> None:
+    stale = "crds/trainingcampaign.yaml is stale: run `flopwise crd > crds/trainingcampaign.yaml`"
+    assert CRD_FILE.read_text() == crd_yaml(), stale
+
+
+def _walk(node, path="schema"):
+    yield path, node
+    for key in ("properties",):
+        for name, child in node.get(key, {}).items():
+            yield from _walk(child, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from _walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _walk(node["additionalProperties"], f"{path}{{}}")
+
+
+def test_schema_is_structural() -> None:
+    """Every node typed, no $ref / anyOf / oneOf / allOf, OpenAPI v3.0 boolean exclusive bounds."""
+    schema = crd_manifest()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for path, node in _walk(schema):
+        assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields"), path
+        for banned in ("$ref", "anyOf", "oneOf", "allOf", "$defs", "const", "title"):
+            assert banned not in node, (path, banned)
+        for bound in ("exclusiveMinimum", "exclusiveMaximum"):
+            assert isinstance(node.get(bound, True), bool), path
+
+
+def test_schema_states_bounds_defaults_and_columns() -> None:
+    crd = yaml.safe_load(crd_yaml())
+    version = crd["spec"]["versions"][0]
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    budget = spec["properties"]["budget"]["properties"]
+    assert budget["flops"]["minimum"] == 0 and budget["flops"]["exclusiveMinimum"] is True
+    assert budget["usd"]["exclusiveMinimum"] is True
+    split = budget["split"]["properties"]
+    for share in ("ladder", "round1", "round2", "final"):
+        assert split[share]["minimum"] == 0 and split[share]["maximum"] == 1
+        assert 0 <= split[share]["default"] <= 1
+    assert sum(split[s]["default"] for s in split) <= 1
+    pool = spec["properties"]["gpuPool"]
+    assert pool["properties"]["expectedMfu"]["maximum"] == 1
+    assert "peakFlops" in pool["properties"]
+    assert any("peakFlops" in rule["rule"] for rule in pool["x-kubernetes-validations"])
+    assert spec["properties"]["gpuPool"]["default"] == {}  # so nested defaults apply when gpuPool is omitted
+    assert set(spec["required"]) == {"budget", "dataset"}
+    assert version["subresources"] == {"status": {}}
+    assert crd["spec"]["names"]["shortNames"] == ["tc", "campaign"]
+    assert "flopwise" in crd["spec"]["names"]["categories"]
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns == {"Phase": ".status.phase", "Budget-Used": ".status.ledger.usedPercent",
+                       "Target-Params": ".status.targetParams", "Predicted-Loss": ".status.predictedLoss",
+                       "Age": ".metadata.creationTimestamp"}
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    for field in ("phase", "conditions", "plan", "ledger", "law", "prediction", "runs", "observedGeneration"):
+        assert field in status, field
+    condition = status["conditions"]["items"]["properties"]
+    assert {"type", "status", "reason", "message", "observedGeneration"} <= set(condition)
