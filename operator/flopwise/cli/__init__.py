@@ -25,9 +25,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from flopwise.cli import data_cmd, fit_cmd, plan_cmd
+    from flopwise.cli import data_cmd, fit_cmd, plan_cmd, run_cmd
 
-    for command in (*plan_cmd.COMMANDS, fit_cmd.command, data_cmd.command):
+    for command in (*plan_cmd.COMMANDS, run_cmd.command, fit_cmd.command, data_cmd.command):
         cli.add_command(command)
 
 
@@ -37,7 +37,7 @@ _register()
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the CLI, turning user errors into one clean message each."""
     try:
-        cli.main(args=argv, prog_name="flopwise", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="flopwise", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"internal error: {type(error).__name__}: {error} (set FLOPWISE_DEBUG=1 for the traceback)",
                    err=True)
         return INTERNAL_ERROR
-    return 0
+    return code if isinstance(code, int) else 0  # a command's ctx.exit(n) comes back as its return value
 
 
 if __name__ == "__main__":
