@@ -5,9 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from flopwise.api.crd import crd_manifest, crd_yaml
+
+from flopwise.api.crd import crd_manifest, crd_yaml, reference_markdown
 
 CRD_FILE = Path(__file__).resolve().parents[1] / "crds" / "trainingcampaign.yaml"
+REFERENCE_FILE = Path(__file__).resolve().parents[1] / "docs" / "crd-reference.md"
+
+
+def test_committed_reference_is_current() -> None:
+    stale = "docs/crd-reference.md is stale: run `flopwise crd --reference > docs/crd-reference.md`"
+    assert REFERENCE_FILE.read_text() == reference_markdown(), stale
+    for field in ("spec.budget.flops", "spec.gpuPool.peakFlops", "spec.dataset.tokens", "spec.tuning.lrGridPoints"):
+        assert f"`{field}`" in REFERENCE_FILE.read_text()
 
 
 def test_committed_crd_is_what_the_models_generate() -> None:
@@ -52,7 +61,10 @@ def test_schema_states_bounds_defaults_and_columns() -> None:
     pool = spec["properties"]["gpuPool"]
     assert pool["properties"]["expectedMfu"]["maximum"] == 1
     assert "peakFlops" in pool["properties"]
-    assert any("peakFlops" in rule["rule"] for rule in pool["x-kubernetes-validations"])
+    assert "x-kubernetes-validations" not in pool  # kubectl refuses CEL rules on servers before 1.25
+    cel_pool = crd_manifest(cel=True)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        "properties"]["gpuPool"]
+    assert any("peakFlops" in rule["rule"] for rule in cel_pool["x-kubernetes-validations"])
     assert spec["properties"]["gpuPool"]["default"] == {}  # so nested defaults apply when gpuPool is omitted
     assert set(spec["required"]) == {"budget", "dataset"}
     assert version["subresources"] == {"status": {}}
@@ -63,7 +75,8 @@ def test_schema_states_bounds_defaults_and_columns() -> None:
                        "Target-Params": ".status.targetParams", "Predicted-Loss": ".status.predictedLoss",
                        "Age": ".metadata.creationTimestamp"}
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
-    for field in ("phase", "conditions", "plan", "ledger", "law", "prediction", "runs", "observedGeneration"):
+    for field in ("phase", "conditions", "plan", "ledger", "law", "prediction", "runs", "runCounts",
+                  "observedGeneration", "tuning", "recommendation"):
         assert field in status, field
     condition = status["conditions"]["items"]["properties"]
     assert {"type", "status", "reason", "message", "observedGeneration"} <= set(condition)

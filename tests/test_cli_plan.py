@@ -62,6 +62,7 @@ def _mutate(doc: dict, path: str, value: object) -> dict:
 
 BAD_INPUTS = [
     ("negative budget", "spec.budget.flops", -1.0, "spec.budget.flops", "greater than 0"),
+    ("infinite budget", "spec.budget.flops", float("inf"), "spec.budget.flops", "finite"),
     ("unknown GPU without peak", "spec.gpuPool", {"gpuType": "TPU-v9"}, "spec.gpuPool", "peakFlops"),
     ("shares over one", "spec.budget.split", {"ladder": 0.5, "round1": 0.3, "round2": 0.2, "final": 0.5},
      "spec.budget.split", "at most 1"),

@@ -37,7 +37,7 @@ class ApiModel(BaseModel):
     """camelCase on the wire, unknown fields refused (a typo must not silently change a budget)."""
 
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True,
-                              validate_default=True)
+                              validate_default=True, allow_inf_nan=False)
 
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -67,7 +67,8 @@ class BudgetSplit(ApiModel):
 class Budget(ApiModel):
     """A FLOP and/or dollar budget; when both are given the tighter one binds."""
 
-    flops: float | None = Field(default=None, gt=0, le=1e32, description="total training FLOPs")
+    # No upper bound in the schema: Kubernetes 1.20 reads bounds beyond int64 as overflowed integers.
+    flops: float | None = Field(default=None, gt=0, description="total training FLOPs (finite)")
     usd: float | None = Field(default=None, gt=0, le=1e12, description="total dollars (needs gpuPool.pricePerGpuHour)")
     split: BudgetSplit = Field(default_factory=BudgetSplit)
     margin: float = Field(default=0.05, ge=0.0, lt=0.5,

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from flopwise.api.spec import ApiModel
-from flopwise.contract import ModelShape
+from flopwise.contract import ModelShape, ScheduleSpec
 
 Phase = Literal["Pending", "Planned", "Ladder", "Round1", "Round2", "Final", "Succeeded", "Failed"]
 RunRole = Literal["ladder", "round1", "round2", "final", "seed"]
@@ -101,7 +101,8 @@ class Plan(ApiModel):
 
 
 class LedgerTotals(ApiModel):
-    """Budget accounting. Invariant: reserved + spent ≤ budget, in FLOPs and (when priced) dollars."""
+    """Budget accounting. Invariant: reserved + spent ≤ budget, in FLOPs and (when priced) dollars.
+    ``forecast_usd`` is spent plus reserved plus what the rest of the plan costs at the *measured* MFU."""
 
     budget_flops: float = Field(default=0.0, ge=0)
     budget_usd: float | None = Field(default=None, ge=0)
@@ -112,6 +113,7 @@ class LedgerTotals(ApiModel):
     reserved_usd: float = Field(default=0.0, ge=0)
     spent_usd: float = Field(default=0.0, ge=0)
     used_percent: float = Field(default=0.0, ge=0, description="(reserved + spent) / budget, in percent")
+    forecast_usd: float | None = Field(default=None, ge=0)
 
 
 class FittedLaw(ApiModel):
@@ -125,6 +127,7 @@ class FittedLaw(ApiModel):
     mode: str = Field(default="full", description="full, borrowed-exponents or fixed-ratio")
     n_points: int = Field(default=0, ge=0)
     n_runs: int = Field(default=0, ge=0)
+    input_runs: int = Field(default=0, ge=0, description="finished ladder runs offered to the fit")
     ci_low: dict[str, float] = Field(default_factory=dict)
     ci_high: dict[str, float] = Field(default_factory=dict)
     backtest_are: float | None = Field(default=None, ge=0, description="ARE on held-out largest runs")
@@ -146,6 +149,98 @@ class RunCounts(ApiModel):
     running: int = Field(default=0, ge=0)
     succeeded: int = Field(default=0, ge=0)
     failed: int = Field(default=0, ge=0)
+    lost: int = Field(default=0, ge=0)
+
+
+RunState = Literal["Pending", "Running", "Succeeded", "Failed", "Lost"]
+
+
+class Charge(ApiModel):
+    """An amount of budget, in the three units the ledger keeps."""
+
+    flops: float = Field(default=0.0, ge=0)
+    gpu_hours: float = Field(default=0.0, ge=0)
+    usd: float = Field(default=0.0, ge=0)
+
+
+class CurveSample(ApiModel):
+    tokens: int = Field(ge=0)
+    val_loss: float
+
+
+class RunResult(ApiModel):
+    """What the campaign keeps of a finished run's summary (compact: the status is the only memory)."""
+
+    status: Literal["succeeded", "failed", "diverged"]
+    exit_reason: str = Field(default="", max_length=512)
+    tokens: int = Field(default=0, ge=0)
+    steps: int = Field(default=0, ge=0)
+    flops: float = Field(default=0.0, ge=0)
+    final_val_loss: float | None = None
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    best_tokens: int | None = None
+    tokens_per_s: float = Field(default=0.0, ge=0)
+    mfu: float | None = Field(default=None, ge=0)
+    elapsed_s: float = Field(default=0.0, ge=0)
+    curve: list[CurveSample] = Field(default_factory=list, max_length=64)
+
+
+class RunRecord(ApiModel):
+    """One attempt at one planned run: its hyperparameters, its ledger entry and its result."""
+
+    run_id: str = Field(max_length=200)
+    planned_id: str = Field(max_length=200, description="the plan's run this attempt carries out")
+    role: RunRole
+    attempt: int = Field(default=0, ge=0)
+    state: RunState = "Pending"
+    shape: ModelShape
+    params: int = Field(ge=1)
+    tokens: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    steps: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    warmup_fraction: float = Field(default=0.0, ge=0, le=1)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    seed: int = Field(default=0, ge=0)
+    reserved: Charge = Field(default_factory=Charge)
+    spent: Charge = Field(default_factory=Charge)
+    result: RunResult | None = None
+    reason: str = Field(default="", max_length=1024)
+    launched_at: float | None = Field(default=None, description="seconds since the epoch")
+    finished_at: float | None = None
+
+
+class TuningStatus(ApiModel):
+    """What the tuning rounds decided, and why."""
+
+    round1_best_lr: float | None = None
+    round1_best_warmup: float | None = None
+    round1_best_loss: float | None = None
+    round1_grid_extended: bool = False
+    round1_note: str = ""
+    round2_verdict: str = ""
+    round2_best_fraction: float | None = Field(default=None, ge=0, le=1, description="best step / total steps")
+
+
+class Recommendation(ApiModel):
+    """The model to train with the final budget, and how much to trust the prediction."""
+
+    shape: ModelShape
+    params: int = Field(ge=1)
+    tokens: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    warmup_fraction: float = Field(ge=0, le=1)
+    schedule: str
+    batch_size: int = Field(ge=1)
+    flops: float = Field(ge=0)
+    gpu_hours: float = Field(ge=0)
+    usd: float = Field(ge=0)
+    predicted_loss: float | None = None
+    loss_low: float | None = None
+    loss_high: float | None = None
+    backtest_are: float | None = None
+    law: str = ""
 
 
 class TrainingCampaignStatus(ApiModel):
@@ -159,4 +254,8 @@ class TrainingCampaignStatus(ApiModel):
     prediction: Prediction | None = None
     target_params: int | None = Field(default=None, ge=0, description="parameters of the recommended model")
     predicted_loss: float | None = Field(default=None, description="predicted final loss of the recommended model")
-    runs: RunCounts = Field(default_factory=RunCounts)
+    run_counts: RunCounts = Field(default_factory=RunCounts)
+    runs: list[RunRecord] = Field(default_factory=list, max_length=5000)
+    tuning: TuningStatus = Field(default_factory=TuningStatus)
+    recommendation: Recommendation | None = None
+    measured_mfu: float | None = Field(default=None, ge=0, description="FLOP-weighted MFU of finished runs")

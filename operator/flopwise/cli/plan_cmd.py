@@ -128,11 +128,13 @@ def size(flops: float | None, usd: float | None, gpu: str, peak_flops: float | N
 
 
 @click.command("crd")
-def crd() -> None:
+@click.option("--cel", is_flag=True, help="add CEL cross-field rules (needs Kubernetes 1.25+)")
+@click.option("--reference", is_flag=True, help="print the field reference (Markdown) instead")
+def crd(cel: bool, reference: bool) -> None:
     """Print the TrainingCampaign CRD generated from the API models."""
-    from flopwise.api.crd import crd_yaml
+    from flopwise.api.crd import crd_yaml, reference_markdown
 
-    sys.stdout.write(crd_yaml())
+    sys.stdout.write(reference_markdown() if reference else crd_yaml(cel=cel))
 
 
 COMMANDS = (validate, plan, size, crd)
