@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.optimize import minimize
+
 from flopwise.fitting.anchors import load_chinchilla_epoch, load_opt_trajectories
 from flopwise.fitting.backtest import backtest
 from flopwise.fitting.bootstrap import BOOTSTRAP_FTOL, BOOTSTRAP_GTOL, bootstrap, resample_weights
@@ -31,7 +33,6 @@ from flopwise.fitting.fit import (
 from flopwise.fitting.hygiene import HITCHHIKER_MIN_TOKENS
 from flopwise.fitting.lbfgs import MAX_ITER
 from flopwise.fitting.objective import HUBER_DELTA
-from scipy.optimize import minimize
 
 NAMES = ("E", "A", "B", "alpha", "beta")
 

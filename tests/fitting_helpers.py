@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from flopwise.fitting.points import FitPoints
 from flopwise.planning.laws import ScalingLaw
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
 from fitting_helpers import TRUE_LAW, campaign
 from flopwise.cli import cli
 

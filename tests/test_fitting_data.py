@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from fitting_helpers import OPT_CSV, TRUE_LAW, anchor, campaign
 from flopwise.fitting.anchors import OPT_BATCH_TOKENS, load_opt_trajectories
 from flopwise.fitting.backtest import backtest

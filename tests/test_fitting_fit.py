@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.optimize import minimize
+from scipy.special import huber, logsumexp
+
 from fitting_helpers import CHINCHILLA_CSV, TRUE_LAW, anchor, campaign, grid_design
 from flopwise.fitting.anchors import load_chinchilla_epoch
 from flopwise.fitting.bootstrap import bootstrap, bootstrap_many
@@ -21,8 +24,6 @@ from flopwise.fitting.lbfgs import minimize_batched
 from flopwise.fitting.objective import objective_and_grad
 from flopwise.fitting.points import FitInputError, FitPoints
 from flopwise.planning.laws import EPOCH, ScalingLaw
-from scipy.optimize import minimize
-from scipy.special import huber, logsumexp
 
 # Epoch AI's exact L-BFGS-B replication of Hoffmann's procedure on these points (arXiv:2404.10102).
 EPOCH_REPLICATION = {"E": 1.8172, "alpha": 0.3473, "beta": 0.3672, "A": 477.8, "B": 2143.9}

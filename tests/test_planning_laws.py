@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from flopwise.planning.laws import (
     CHINCHILLA_1,
     CHINCHILLA_2,

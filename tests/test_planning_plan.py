@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from flopwise.api.load import parse_campaign
 from flopwise.contract import ModelShape
 from flopwise.planning.budget import Pool, binding_budget
 from flopwise.planning.plan import PlanError, plan_campaign
 from flopwise.planning.shapes import ShapeRules, shape_for_params
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

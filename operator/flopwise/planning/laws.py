@@ -40,6 +40,7 @@ class ScalingLaw:
         N_opt = G·(C/6)^a, D_opt = G⁻¹·(C/6)^b, G = (αA / (βB))^(1/(α+β))."""
         if not flops > 0:
             raise ValueError(f"compute budget must be positive, got {flops!r}")
+        self.check_allocatable()
         g = (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / (self.alpha + self.beta))
         params = g * (flops / 6.0) ** self.params_exponent
         tokens = (flops / 6.0) ** self.tokens_exponent / g
@@ -48,8 +49,16 @@ class ScalingLaw:
     def allocate(self, flops: float) -> ComputeOptimum:
         return self.compute_optimal(flops)
 
+    def check_allocatable(self) -> None:
+        """The optimum exists only when both power terms are real trade-offs (A, B, α, β > 0, finite)."""
+        values = (self.A, self.B, self.alpha, self.beta)
+        if not all(math.isfinite(v) and v > 1e-12 for v in values):
+            raise ValueError(f"law {self.name} is degenerate (A={self.A:.3g}, B={self.B:.3g}, α={self.alpha:.3g}, "
+                             f"β={self.beta:.3g}): it has no compute-optimal allocation")
+
     def flops_for_params(self, params: float) -> float:
         """The budget for which ``params`` is compute-optimal (inverse of N_opt(C))."""
+        self.check_allocatable()
         g = (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / (self.alpha + self.beta))
         return 6.0 * (params / g) ** (1.0 / self.params_exponent)
 

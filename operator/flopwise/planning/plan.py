@@ -26,6 +26,20 @@ MIN_STEPS = 32  # a run shorter than this says nothing about its schedule: shrin
 BISECTION_ITERATIONS = 60
 
 
+def largest_within(cost, allotted: float, low: float, high: float) -> float:
+    """The largest size in [low, high] whose ``cost(size)`` fits ``allotted`` (``cost(low)`` must fit), by
+    bisection in log space to 0.1%: costs grow with size, up to shape rounding."""
+    lo, hi = math.log(low), math.log(high)
+    if cost(high) <= allotted:
+        return high
+    for _ in range(BISECTION_ITERATIONS):
+        if hi - lo < 1e-3:
+            break
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cost(math.exp(mid)) <= allotted else (lo, mid)
+    return math.exp(lo)
+
+
 class PlanError(ValueError):
     """A budget or spec that cannot be planned; `field` names what to change."""
 
@@ -136,16 +150,8 @@ class _Planner:
                             f"{floor:.3g} params need {cost(low):.3g} FLOPs but the ladder share is "
                             f"{allotted:.3g}; raise the budget to at least {need:.3g} FLOPs, or lower "
                             "ladder.minParams or ladder.sizes")
-        # Largest rung by bisection in log space: the biggest ladder whose exact FLOPs fit the share.
-        lo, hi = math.log(low), math.log(max(low, ceiling))
-        if cost(math.exp(hi)) <= allotted:
-            lo = hi
-        for _ in range(BISECTION_ITERATIONS):
-            if hi - lo < 1e-3:
-                break
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if cost(math.exp(mid)) <= allotted else (lo, mid)
-        runs = self.ladder_runs(math.exp(lo))
+        # The biggest ladder whose exact FLOPs fit the share.
+        runs = self.ladder_runs(largest_within(cost, allotted, low, max(low, ceiling)))
         notes = [f"{len(runs)} sizes from {runs[0].params:,} to {runs[-1].params:,} params "
                  f"({runs[-1].params / runs[0].params:.1f}× span), each at its compute-optimal tokens"]
         if any(r.tokens >= self.data_tokens for r in runs):
@@ -180,15 +186,7 @@ class _Planner:
 
             if cost(smallest) > allotted:
                 continue
-            lo, hi = math.log(smallest), math.log(largest)
-            if cost(largest) <= allotted:
-                lo = hi
-            for _ in range(BISECTION_ITERATIONS):
-                if hi - lo < 1e-3:
-                    break
-                mid = (lo + hi) / 2
-                lo, hi = (mid, hi) if cost(math.exp(mid)) <= allotted else (lo, mid)
-            runs = runs_at(math.exp(lo))
+            runs = runs_at(largest_within(cost, allotted, smallest, largest))
             rates = ", ".join(f"{lr:.3g}" for lr in self.learning_rates(lr_points))
             notes = [f"proxy {runs[0].params:,} params; learning rates {rates}"
                      f" × warmup {', '.join(f'{w:g}' for w in warmups)}; each run "

@@ -1,0 +1,42 @@
+"""From a run record to the trainer's `RunSpec`: the one place engine decisions become trainer inputs."""
+
+from __future__ import annotations
+
+from flopwise.api.spec import TrainingCampaignSpec
+from flopwise.api.status import Plan, RunRecord
+from flopwise.contract import EvalSpec, MupSpec, OptimizerSpec, RunSpec
+
+EVAL_LOG_POINTS = 6
+EVALS_PER_RUN = 4  # regular evaluations besides the log-spaced ones: the fit's intermediate checkpoints
+CHECKPOINTS_PER_RUN = 4
+EVAL_SHARE = 0.1  # evaluation forward passes cost at most ~10% of a run's training compute
+MIN_VAL_BATCHES, MAX_VAL_BATCHES = 2, 8
+
+
+def val_batches(steps: int) -> int:
+    """Validation batches per evaluation: a forward pass is ~1/3 of a training step, and a run evaluates
+    about EVAL_LOG_POINTS + EVALS_PER_RUN times, so this keeps evaluation near EVAL_SHARE of the run."""
+    evaluations = EVAL_LOG_POINTS + EVALS_PER_RUN
+    return max(MIN_VAL_BATCHES, min(MAX_VAL_BATCHES, round(3 * EVAL_SHARE * steps / evaluations)))
+
+
+def mup_base_width(plan: Plan) -> int:
+    """Learning rates are stated at the Round-1 proxy's width (muP transfers them to every other width)."""
+    runs = plan.round1.runs or plan.ladder.runs
+    return runs[0].shape.d_model
+
+
+def run_spec_for(record: RunRecord, spec: TrainingCampaignSpec, plan: Plan, *, campaign: str, data_path: str,
+                 output_dir: str, device: str = "auto") -> RunSpec:
+    return RunSpec(
+        run_id=record.run_id, campaign=campaign, role=record.role, shape=record.shape, tokens=record.tokens,
+        batch_size=record.batch_size,
+        optimizer=OptimizerSpec(lr=record.learning_rate),
+        schedule=record.schedule,
+        mup=MupSpec(parameterization=spec.model.parameterization, base_width=mup_base_width(plan)),
+        eval=EvalSpec(log_points=EVAL_LOG_POINTS, every_steps=max(1, record.steps // EVALS_PER_RUN),
+                      batches=val_batches(record.steps),
+                      checkpoint_every_steps=max(1, record.steps // CHECKPOINTS_PER_RUN)),
+        data_path=data_path, output_dir=output_dir, seed=record.seed, device=device,  # type: ignore[arg-type]
+        peak_flops=spec.gpu_pool.peak_flops,
+    )

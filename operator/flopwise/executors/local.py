@@ -1,0 +1,133 @@
+"""The local executor: each run is a `flopwise-train` subprocess, at most K at once.
+
+Every run owns a folder `runs/<run id>/` holding its spec, its log, its pid and — when it ends — its
+termination message, exactly what a Kubernetes pod would leave. Launching is idempotent on that folder: a
+run that already finished or is still alive (for example after `flopwise run` itself was killed and resumed)
+is adopted, never started twice. Runs start in their own session, so an interrupted `flopwise run` leaves
+them training, and `--resume` picks them up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from flopwise.api.status import RunRecord
+from flopwise.contract import RunSpec, RunSummary
+from flopwise.engine.machine import Observation
+
+TERMINATION_LOG = "termination-log"
+
+
+class LocalExecutor:
+    def __init__(self, state_dir: Path, *, threads_per_run: int = 1, trainer: list[str] | None = None,
+                 env: dict[str, str] | None = None):
+        self.runs_dir = Path(state_dir) / "runs"
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.threads = threads_per_run
+        self.trainer = trainer or [sys.executable, "-m", "flopwise_trainer.cli"]
+        self.env = env or {}
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs_dir / run_id
+
+    # -------------------------------------------------------------------------------------------- launch
+    def launch(self, record: RunRecord, spec: RunSpec) -> bool:
+        """Start the run unless it already finished or is alive; returns True when a process was started."""
+        folder = self.run_dir(record.run_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        if (folder / TERMINATION_LOG).exists() or self._alive(record.run_id):
+            return False
+        spec_path = folder / "spec.json"
+        spec_path.write_text(spec.model_dump_json(by_alias=True, indent=1))
+        log = open(folder / "train.log", "ab")  # noqa: SIM115 — handed to the child, closed below
+        try:
+            env = {**os.environ, **self.env, "OMP_NUM_THREADS": str(self.threads), "FLOPWISE_RUN_ID": record.run_id}
+            process = subprocess.Popen(
+                [*self.trainer, str(spec_path), "--termination-log", str(folder / TERMINATION_LOG),
+                 "--threads", str(self.threads)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        finally:
+            log.close()
+        self.children[record.run_id] = process
+        _atomic_write(folder / "pid", f"{process.pid}\n")
+        with open(folder / "launches.log", "a") as launches:  # the audit trail the resume test reads
+            launches.write(f"{time.time():.3f} pid {process.pid}\n")
+        return True
+
+    def cancel(self, run_id: str) -> None:
+        pid = self._pid(run_id)
+        if pid is not None and self._alive(run_id):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+
+    # ------------------------------------------------------------------------------------------- observe
+    def observe(self, records: list[RunRecord]) -> list[Observation]:
+        return [self._observe(r.run_id) for r in records if r.state == "Running"]
+
+    def _observe(self, run_id: str) -> Observation:
+        folder = self.run_dir(run_id)
+        if self._alive(run_id):
+            return Observation(run_id, "running")
+        message_path = folder / TERMINATION_LOG
+        if message_path.exists():
+            try:
+                summary = RunSummary.from_message(message_path.read_text()[:65536])
+            except (ValueError, OSError):
+                return Observation(run_id, "failed", None)  # garbled: charged its reservation, never trusted
+            return Observation(run_id, "succeeded" if summary.status == "succeeded" else "failed", summary)
+        if self._pid(run_id) is None:
+            return Observation(run_id, "absent")
+        return Observation(run_id, "lost")
+
+    def running(self) -> int:
+        return sum(1 for run_id in list(self.children) if self._alive(run_id))
+
+    # ---------------------------------------------------------------------------------------- processes
+    def _pid(self, run_id: str) -> int | None:
+        try:
+            return int((self.run_dir(run_id) / "pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _alive(self, run_id: str) -> bool:
+        child = self.children.get(run_id)
+        if child is not None:
+            if child.poll() is None:
+                return True
+            del self.children[run_id]
+            return False
+        pid = self._pid(run_id)
+        if pid is None:
+            return False
+        try:  # a process from an earlier `flopwise run`: alive, and really this run (pids get reused)?
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        return str(self.run_dir(run_id)).encode() in cmdline and ") Z" not in stat
+
+    def wait_any(self, timeout: float) -> None:
+        """Sleep until a child exits or ``timeout`` passes (adopted runs are polled)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(child.poll() is not None for child in self.children.values()):
+                return
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())

@@ -1,0 +1,1 @@
+"""The embedded default: a whole campaign on one machine, runs as local processes."""

@@ -1,0 +1,91 @@
+"""`flopwise run`: drive the campaign engine with the local executor until the campaign ends.
+
+The loop is the operator's, minus Kubernetes: observe the runs, let the engine decide, persist the status,
+then launch. Killing it at any point loses nothing: `--resume` reloads the status and adopts runs that are
+still alive or finished meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from flopwise.api.load import CampaignError
+from flopwise.api.spec import TrainingCampaign
+from flopwise.api.status import TrainingCampaignStatus
+from flopwise.engine.machine import reconcile
+from flopwise.engine.runspec import run_spec_for
+from flopwise.executors.local import LocalExecutor
+from flopwise.local.state import StateDir
+
+POLL_SECONDS = 0.5
+
+
+def check_dataset(campaign: TrainingCampaign, base: Path) -> Path:
+    """The dataset must exist before any budget is reserved: a bad path is the user's to fix, now."""
+    from flopwise.data import open_dataset
+
+    path = Path(campaign.spec.dataset.path)
+    path = path if path.is_absolute() else (base / path)
+    try:
+        dataset = open_dataset(path)
+    except (OSError, ValueError) as error:
+        raise CampaignError([f"spec.dataset.path: {error}; prepare one with `flopwise data stdlib {path}` or "
+                             "point the path at a folder of token shards"]) from None
+    if dataset.vocab_size > campaign.spec.model.vocab_size:
+        raise CampaignError([f"spec.model.vocabSize: {campaign.spec.model.vocab_size} is smaller than the dataset's "
+                             f"vocabulary ({dataset.vocab_size}); raise it"])
+    return path.resolve()
+
+
+def seed_of(name: str) -> int:
+    return sum(name.encode()) % 10_000
+
+
+class LocalCampaign:
+    def __init__(self, campaign: TrainingCampaign, state_dir: Path, *, data_path: Path,
+                 threads_per_run: int | None = None, device: str = "auto", env: dict[str, str] | None = None):
+        self.campaign = campaign
+        self.state = StateDir(state_dir)
+        self.data_path = data_path
+        self.device = device
+        parallel = campaign.spec.gpu_pool.max_concurrent_runs
+        threads = threads_per_run or max(1, (os.cpu_count() or 1) // parallel)
+        self.executor = LocalExecutor(state_dir, threads_per_run=threads, env=env)
+
+    def load_or_new(self, resume: bool) -> TrainingCampaignStatus | None:
+        if self.state.exists():
+            if not resume:
+                raise CampaignError([f"{self.state.root}: a campaign state is already there; add --resume to "
+                                     "continue it, or choose another --state-dir"])
+            return self.state.load()
+        return None
+
+    def step(self, status: TrainingCampaignStatus | None) -> TrainingCampaignStatus:
+        observations = self.executor.observe(status.runs) if status else []
+        decision = reconcile(self.campaign.spec, status, observations, now=time.time(),
+                             seed=seed_of(self.campaign.metadata.name))
+        self.state.save(decision.status)  # persist before launching: a crash here relaunches nothing twice
+        self.state.log_events(decision.events)
+        plan = decision.status.plan
+        for record in decision.launches:
+            assert plan is not None
+            folder = self.executor.run_dir(record.run_id)
+            spec = run_spec_for(record, self.campaign.spec, plan, campaign=self.campaign.metadata.name,
+                                data_path=str(self.data_path), output_dir=str(folder / "out"), device=self.device)
+            self.executor.launch(record, spec)
+        for run_id in decision.cancels:
+            self.executor.cancel(run_id)
+        return decision.status
+
+    def run(self, status: TrainingCampaignStatus | None,
+            on_update: Callable[[TrainingCampaignStatus], None] | None = None) -> TrainingCampaignStatus:
+        while True:
+            status = self.step(status)
+            if on_update is not None:
+                on_update(status)
+            if status.phase in ("Succeeded", "Failed") and not any(r.state == "Running" for r in status.runs):
+                return status
+            self.executor.wait_any(POLL_SECONDS)

@@ -1,0 +1,198 @@
+"""`flopwise run` end to end with real trainer processes (real PyTorch, real data shards, real files):
+a whole tiny campaign with its report, a SIGKILL mid-campaign and a resume, and runs that fail."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flopwise.api.load import parse_campaign
+from flopwise.api.status import TrainingCampaignStatus
+from flopwise.data import prepare_stdlib
+from flopwise.engine import ledger
+from flopwise.local.runner import LocalCampaign
+
+TINY = Path(__file__).parent / "data" / "tiny-campaign.yaml"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "stdlib"
+    prepare_stdlib(out, max_bytes=2_000_000)
+    return out
+
+
+def campaign_file(tmp_path: Path, shards: Path, **spec_changes) -> Path:
+    doc = yaml.safe_load(TINY.read_text())
+    doc["spec"]["dataset"]["path"] = str(shards)
+    for key, value in spec_changes.items():
+        doc["spec"][key] = value
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def flopwise(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "flopwise", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=900)
+
+
+def load_status(state: Path) -> TrainingCampaignStatus:
+    return TrainingCampaignStatus.model_validate_json((state / "status.json").read_text())
+
+
+def assert_ledger_balances(status: TrainingCampaignStatus) -> None:
+    assert status.plan is not None
+    ledger.check(status.runs, ledger.Limits(flops=status.plan.budget_flops, usd=None))
+    assert status.ledger.reserved_flops == 0
+    assert status.ledger.spent_flops == pytest.approx(sum(r.spent.flops for r in status.runs))
+    assert status.ledger.spent_flops <= status.plan.budget_flops
+
+
+def test_tiny_campaign_end_to_end_with_report(tmp_path: Path, shards: Path) -> None:
+    path = campaign_file(tmp_path, shards)
+    state = tmp_path / "state"
+    result = flopwise("run", str(path), "--state-dir", str(state), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    status = load_status(state)
+    assert status.phase == "Succeeded"
+    assert {r.role for r in status.runs} >= {"ladder", "round1", "round2"}
+    assert all(r.state == "Succeeded" for r in status.runs), [(r.run_id, r.reason) for r in status.runs]
+    for record in status.runs:  # the trainer trained exactly the planned tokens and reported exact FLOPs
+        assert record.result.tokens == record.tokens
+        assert record.result.flops == pytest.approx(record.shape.flops_per_token() * record.tokens, rel=1e-6)
+    assert_ledger_balances(status)
+    law = status.law
+    assert law is not None and law.backtest_are is not None and law.ci_low
+    rec = status.recommendation
+    assert rec is not None and rec.predicted_loss is not None and rec.learning_rate > 0
+    assert status.tuning.round2_verdict
+    # the report: plots rendered from the run data, and the fitted parameters shown in the status
+    report = state / "report" / "report.md"
+    text = report.read_text()
+    for name in ("loss_vs_compute.png", "ladder_curves.png", "round1_sweep.png", "budget_burndown.png"):
+        png = state / "report" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000, name
+        assert name in text
+    for value in (law.E, law.A, law.B, law.alpha, law.beta):
+        assert f"{value:.4g}" in text
+    assert "recommendation: " in result.stdout and "report: " in result.stdout
+
+
+def test_sigkill_mid_campaign_then_resume(tmp_path: Path, shards: Path) -> None:
+    """kill -9 of `flopwise run` while runs are in flight; --resume finishes the campaign: every run launched
+    exactly once (the executor's audit log), no result lost, the ledger balanced."""
+    path = campaign_file(tmp_path, shards)
+    state = tmp_path / "state"
+    process = subprocess.Popen([sys.executable, "-m", "flopwise", "run", str(path), "--state-dir", str(state)],
+                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            if not (state / "status.json").exists():
+                continue
+            try:
+                status = load_status(state)
+            except ValueError:
+                continue  # never torn (atomic rename), but be patient rather than flaky
+            done = sum(r.state == "Succeeded" for r in status.runs)
+            if done >= 2 and any(r.state == "Running" for r in status.runs):
+                break
+        else:
+            pytest.fail("the campaign never reached two finished runs")
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    killed_at = load_status(state)
+    in_flight = [r.run_id for r in killed_at.runs if r.state == "Running"]
+    assert in_flight
+    result = flopwise("run", str(path), "--state-dir", str(state), "--resume", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "(resumed)" in result.stdout
+    status = load_status(state)
+    assert status.phase == "Succeeded"
+    for record in status.runs:
+        launches = (state / "runs" / record.run_id / "launches.log").read_text().splitlines()
+        assert len(launches) == 1, (record.run_id, launches)
+        assert record.state == "Succeeded" and record.result is not None
+    finished_before = {r.run_id: r.result for r in killed_at.runs if r.state == "Succeeded"}
+    for run_id, result_before in finished_before.items():  # nothing recorded before the kill was lost
+        assert next(r for r in status.runs if r.run_id == run_id).result == result_before
+    assert_ledger_balances(status)
+
+
+def test_starting_twice_without_resume_is_refused(tmp_path: Path, shards: Path) -> None:
+    path = campaign_file(tmp_path, shards)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "status.json").write_text(TrainingCampaignStatus().model_dump_json())
+    result = flopwise("run", str(path), "--state-dir", str(state), cwd=tmp_path)
+    assert result.returncode != 0 and "--resume" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_dataset_is_refused_before_any_run(tmp_path: Path, shards: Path) -> None:
+    path = campaign_file(tmp_path, tmp_path / "nowhere")
+    result = flopwise("run", str(path), "--state-dir", str(tmp_path / "state"), cwd=tmp_path)
+    assert result.returncode != 0 and "spec.dataset.path" in result.stderr and "flopwise data" in result.stderr
+    assert not (tmp_path / "state" / "runs").exists() or not any((tmp_path / "state" / "runs").iterdir())
+
+
+def local(tmp_path: Path, shards: Path, env: dict[str, str] | None = None) -> LocalCampaign:
+    campaign = parse_campaign(yaml.safe_load(campaign_file(tmp_path, shards).read_text()))
+    return LocalCampaign(campaign, tmp_path / "state", data_path=shards, env=env)
+
+
+def test_diverging_runs_are_charged_and_the_campaign_fails_with_a_reason(tmp_path: Path, shards: Path) -> None:
+    """Every trainer's loss turns NaN at step 5 (the trainer's debug hook): each run exits non-zero with a
+    'diverged' summary, is charged the FLOPs it consumed, and the ladder cannot be fitted."""
+    campaign = local(tmp_path, shards, env={"FLOPWISE_DEBUG_NAN_AT_STEP": "5"})
+    status = campaign.run(None)
+    assert status.phase == "Failed" and "too few" in status.message
+    ladder_runs = [r for r in status.runs if r.role == "ladder"]
+    assert len(ladder_runs) == 5  # diverged runs are not retried: the same LR would diverge again
+    for record in ladder_runs:
+        assert record.state == "Failed" and record.reason.startswith("diverged")
+        assert record.result is not None and record.result.status == "diverged"
+        per_step = record.shape.flops_per_token() * record.batch_size * record.shape.seq_len
+        assert 0 < record.spent.flops <= 5 * per_step + 1e-6  # what it consumed, not its reservation
+    assert_ledger_balances(status)
+
+
+def test_data_vanishing_mid_campaign_fails_runs_retries_then_charges(tmp_path: Path, shards: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(shards, data)
+    campaign = local(tmp_path, data)
+    removed = []
+
+    def remove_data_after_first_result(status: TrainingCampaignStatus) -> None:
+        if not removed and any(r.state == "Succeeded" for r in status.runs):
+            shutil.rmtree(data)
+            removed.append(True)
+
+    status = campaign.run(None, on_update=remove_data_after_first_result)
+    assert removed
+    failed = [r for r in status.runs if r.state == "Failed"]
+    assert failed, "runs without data must fail"
+    retried = [r for r in status.runs if r.attempt == 1]
+    assert retried, "a failed run is retried within tuning.maxRetries"
+    assert not [r for r in status.runs if r.attempt > 1]
+    for record in failed:
+        assert record.reason and record.finished_at is not None
+    assert status.phase == "Failed"
+    assert_ledger_balances(status)
+    events = [json.loads(line)["reason"] for line in (tmp_path / "state" / "events.log").read_text().splitlines()]
+    assert "RunRetried" in events and "RunFailed" in events
+    assert os.path.exists(tmp_path / "state" / "status.json")
