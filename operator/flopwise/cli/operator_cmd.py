@@ -1,0 +1,56 @@
+"""`flopwise operator`: run the TrainingCampaign operator (kopf, in-process) against the current kubeconfig.
+
+It drives the same engine as `flopwise run`, with Kubernetes Jobs as the runs. kopf and the Kubernetes client
+are imported only when the command runs (they belong to the operator image).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+
+@click.command("operator")
+@click.option("--namespace", "-n", "namespaces", multiple=True,
+              help="watch this namespace (repeatable; glob patterns allowed)")
+@click.option("--all-namespaces", "-A", "all_namespaces", is_flag=True, help="watch every namespace")
+@click.option("--liveness", "liveness", default=None, metavar="URL",
+              help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz")
+@click.option("--kubeconfig", default=None, type=click.Path(dir_okay=False),
+              help="kubeconfig file (default: in-cluster, else $KUBECONFIG or ~/.kube/config)")
+@click.option("--bootstrap-resamples", type=click.IntRange(min=0), default=200, show_default=True,
+              help="bootstrap resamples of the final fit (its confidence interval)")
+@click.option("--fit-grid", type=click.Choice(["hoffmann", "coarse"]), default="hoffmann", show_default=True,
+              help="start grid of the fit: Hoffmann's 4500 starts, or a coarse one for small machines")
+@click.option("--verbose", "-v", is_flag=True)
+def command(namespaces: tuple[str, ...], all_namespaces: bool, liveness: str | None, kubeconfig: str | None,
+            bootstrap_resamples: int, fit_grid: str, verbose: bool) -> None:
+    """Run the TrainingCampaign operator until interrupted."""
+    if bool(namespaces) == all_namespaces:
+        raise click.UsageError("give --namespace NS (one or more) or --all-namespaces")
+    import kopf
+
+    from flopwise.engine.machine import EngineOptions
+    from flopwise.fitting.fit import COARSE_GRID, HOFFMANN_GRID
+    from flopwise.kube import handlers
+
+    handlers.SETTINGS.options = EngineOptions(bootstrap_resamples=bootstrap_resamples,
+                                              fit_grid=COARSE_GRID if fit_grid == "coarse" else HOFFMANN_GRID)
+    handlers.SETTINGS.kubeconfig = kubeconfig
+    # Plain namespace names need no cluster-wide scanning of namespaces and CRDs (nor its RBAC); patterns do.
+    handlers.SETTINGS.scanning = all_namespaces or any(c in ns for ns in namespaces for c in "*?!,")
+    if kubeconfig:
+        import os
+
+        os.environ["KUBECONFIG"] = kubeconfig  # kopf's own login reads it too
+    kopf.configure(verbose=verbose)
+    logging.getLogger("flopwise").setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not verbose:  # kopf logs every handler call at INFO: keep its warnings, and flopwise's own lines
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    kopf.run(standalone=True, clusterwide=all_namespaces, namespaces=list(namespaces),
+             liveness_endpoint=liveness)
+
+
+if __name__ == "__main__":
+    command()

@@ -1,0 +1,180 @@
+"""The Kubernetes executor: each run is a Job (plus a ConfigMap holding its RunSpec), owned by the campaign.
+
+It mirrors the local executor. Launching is idempotent on the run id: the Job's name is derived from it, so a
+create answered 409 AlreadyExists means the Job is already there (made by an earlier incarnation of the
+operator) and is adopted. Observing maps Jobs and Pods to the engine's observations:
+
+* a Pod whose container terminated → its termination message (a RunSummary) decides succeeded or failed;
+  a garbled message → failed with no summary (the reservation is charged, nothing is trusted);
+* a Job that is Failed without any Pod result (deadline exceeded, Pod evicted or deleted) → failed;
+* a Job that exists otherwise (active, pending, suspended) → running;
+* no Job: if the run's ConfigMap exists the Job was created and has vanished (deleted by hand) → lost,
+  else it was never created (the operator stopped between persisting the status and launching) → absent.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from flopwise.api.spec import TrainingCampaignSpec
+from flopwise.api.status import RunRecord
+from flopwise.contract import RunSpec, RunSummary
+from flopwise.engine.machine import Observation
+from flopwise.kube import jobs
+
+log = logging.getLogger("flopwise.kube")
+
+
+@dataclass
+class Snapshot:
+    """The campaign's Jobs, Pods and ConfigMaps as listed once, keyed by the exact run id."""
+
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pods: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    config_maps: set[str] = field(default_factory=set)
+    rejected: dict[str, str] = field(default_factory=dict)  # run id → why the API server refused its Job
+
+
+def _get(obj: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _condition(job: dict[str, Any], kind: str) -> bool:
+    return any(c.get("type") == kind and c.get("status") == "True" for c in _get(job, "status", "conditions") or [])
+
+
+def terminated_of(pod: dict[str, Any]) -> dict[str, Any] | None:
+    for status in _get(pod, "status", "containerStatuses") or []:
+        if status.get("name") == jobs.CONTAINER or len(_get(pod, "status", "containerStatuses")) == 1:
+            terminated = _get(status, "state", "terminated")
+            if terminated:
+                return terminated
+    return None
+
+
+def observe_run(run_id: str, snapshot: Snapshot) -> Observation:
+    """The pure mapping from what the API server holds about one run to the engine's observation."""
+    for pod in snapshot.pods.get(run_id, []):
+        terminated = terminated_of(pod)
+        if terminated is None:
+            continue
+        message = terminated.get("message") or ""
+        try:
+            summary = RunSummary.from_message(message[: 4 * 4096])
+        except ValueError:
+            return Observation(run_id, "failed", None)  # garbled or absent: charged its reservation
+        ok = terminated.get("exitCode") == 0 and summary.status == "succeeded"
+        return Observation(run_id, "succeeded" if ok else "failed", summary)
+    job = snapshot.jobs.get(run_id)
+    if job is None and run_id in snapshot.rejected:  # never ran: nothing consumed, the engine may retry it
+        return Observation(run_id, "failed", RunSummary(run_id=run_id, status="failed",
+                                                        exit_reason=snapshot.rejected[run_id][:512]))
+    if job is not None:
+        if _condition(job, "Failed"):
+            return Observation(run_id, "failed", None)
+        if _condition(job, "Complete"):  # complete but its Pod is gone: the result cannot be read
+            return Observation(run_id, "failed", None)
+        for pod in snapshot.pods.get(run_id, []):
+            if _get(pod, "status", "phase") == "Failed":  # evicted or killed before a container status
+                return Observation(run_id, "failed", None)
+        return Observation(run_id, "running")
+    if run_id in snapshot.config_maps:
+        return Observation(run_id, "lost")
+    return Observation(run_id, "absent")
+
+
+def _reason(error: Any) -> str:
+    import json
+
+    try:
+        return str(json.loads(error.body).get("message") or error.reason)
+    except (TypeError, ValueError, AttributeError):
+        return str(error.reason)
+
+
+def _to_dict(api: Any, obj: Any) -> dict[str, Any]:
+    return api.api_client.sanitize_for_serialization(obj)
+
+
+class KubernetesExecutor:
+    """Jobs for one campaign in one namespace. ``core`` and ``batch`` are kubernetes client APIs."""
+
+    def __init__(self, core: Any, batch: Any, *, namespace: str, campaign: str, uid: str,
+                 spec: TrainingCampaignSpec, rejected: dict[str, str] | None = None):
+        self.core, self.batch = core, batch
+        self.namespace, self.campaign, self.uid, self.spec = namespace, campaign, uid, spec
+        # Jobs the API server refused as invalid (kept by the caller across reconciles; in memory only: after a
+        # restart the run is simply launched again, and refused again)
+        self.rejected = rejected if rejected is not None else {}
+
+    # ------------------------------------------------------------------------------------------- observe
+    def snapshot(self) -> Snapshot:
+        selector = jobs.campaign_selector(self.campaign)
+        snap = Snapshot(rejected=dict(self.rejected))
+        for job in self.batch.list_namespaced_job(self.namespace, label_selector=selector).items:
+            job = _to_dict(self.batch, job)
+            if self._ours(job):
+                snap.jobs[job["metadata"]["annotations"][jobs.ANNOTATION_RUN_ID]] = job
+        for pod in self.core.list_namespaced_pod(self.namespace, label_selector=selector).items:
+            pod = _to_dict(self.core, pod)
+            if self._ours(pod):
+                snap.pods.setdefault(pod["metadata"]["annotations"][jobs.ANNOTATION_RUN_ID], []).append(pod)
+        for cm in self.core.list_namespaced_config_map(self.namespace, label_selector=selector).items:
+            cm = _to_dict(self.core, cm)
+            if self._ours(cm):
+                snap.config_maps.add(cm["metadata"]["annotations"][jobs.ANNOTATION_RUN_ID])
+        return snap
+
+    def _ours(self, obj: dict[str, Any]) -> bool:
+        """Made for this campaign object (not a deleted namesake whose Jobs are still being collected)."""
+        annotations = _get(obj, "metadata", "annotations") or {}
+        return annotations.get(jobs.ANNOTATION_CAMPAIGN_UID) == self.uid and jobs.ANNOTATION_RUN_ID in annotations
+
+    def observe(self, records: list[RunRecord]) -> list[Observation]:
+        running = [r for r in records if r.state == "Running"]
+        if not running:
+            return []
+        snap = self.snapshot()
+        return [observe_run(r.run_id, snap) for r in running]
+
+    # -------------------------------------------------------------------------------------------- launch
+    def launch(self, record: RunRecord, spec: RunSpec) -> bool:
+        """Create the RunSpec ConfigMap, then the Job; an existing one is adopted. True when a Job was created."""
+        from kubernetes.client.exceptions import ApiException
+
+        cm = jobs.run_config_map(self.campaign, self.uid, self.namespace, record, spec)
+        try:
+            self.core.create_namespaced_config_map(self.namespace, cm)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+        job = jobs.run_job(self.campaign, self.uid, self.namespace, record, self.spec)
+        try:
+            self.batch.create_namespaced_job(self.namespace, job)
+        except ApiException as error:
+            if error.status in (400, 422):  # invalid: retrying the same manifest cannot help
+                self.rejected[record.run_id] = f"Job rejected by the API server: {_reason(error)}"
+                log.warning("run %s: %s", record.run_id, self.rejected[record.run_id])
+                return False
+            if error.status != 409:
+                raise
+            log.info("adopted Job %s/%s for run %s", self.namespace, job["metadata"]["name"], record.run_id)
+            return False
+        log.info("created Job %s/%s for run %s", self.namespace, job["metadata"]["name"], record.run_id)
+        return True
+
+    def cancel(self, run_id: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.batch.delete_namespaced_job(jobs.job_name(self.campaign, run_id), self.namespace,
+                                             propagation_policy="Background")
+        except ApiException as error:
+            if error.status != 404:
+                raise

@@ -1,0 +1,243 @@
+"""Pure builders of the Kubernetes objects one campaign run needs: a ConfigMap holding its RunSpec and a Job.
+
+Nothing here talks to the API server, so every manifest detail is unit-tested without a cluster. Names are
+deterministic in (campaign, run id): an operator that restarts finds the Job it created before (409 on create
+means adopt), never a duplicate. Everything is owned by the campaign, so deleting the campaign deletes its Jobs,
+their Pods and the ConfigMaps through the garbage collector.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from typing import Any
+
+from flopwise.api.spec import GROUP, KIND, VERSION, TrainingCampaignSpec
+from flopwise.api.status import RunRecord
+from flopwise.contract import RunSpec
+
+NAME_LIMIT = 63  # DNS-1123 label: a Job's name becomes its Pods' `job-name` label value
+LABEL_LIMIT = 63
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+LABEL_CAMPAIGN = f"{GROUP}/campaign"
+LABEL_PHASE = f"{GROUP}/phase"
+LABEL_RUN = f"{GROUP}/run"
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+ANNOTATION_RUN_ID = f"{GROUP}/run-id"  # the exact run id (label values are sanitised)
+ANNOTATION_CAMPAIGN = f"{GROUP}/campaign-name"
+ANNOTATION_CAMPAIGN_UID = f"{GROUP}/campaign-uid"
+
+TRAINER_NAME = "flopwise-trainer"
+MANAGED_BY = "flopwise"
+CONTAINER = "trainer"
+
+SPEC_DIR = "/etc/flopwise"
+SPEC_KEY = "spec.json"
+SPEC_PATH = f"{SPEC_DIR}/{SPEC_KEY}"
+DATA_ROOT = "/data"
+OUTPUT_ROOT = "/out"
+TERMINATION_LOG = "/dev/termination-log"
+
+DEADLINE_SLACK = 2.0  # activeDeadlineSeconds = reserved wall time × this (≥ 1.5: MFU estimates are rough)
+MIN_DEADLINE_S = 600
+RUN_AS_USER = 1000
+
+_INVALID_NAME = re.compile(r"[^a-z0-9-]+")
+_INVALID_LABEL = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def _digest(text: str, n: int = 8) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def dns_name(*parts: str, limit: int = NAME_LIMIT) -> str:
+    """A DNS-1123 label from ``parts`` joined by '-': lower-cased, invalid runs replaced by '-', and — when
+    it must be cut to ``limit`` — truncated with a short hash of the full text, so distinct inputs stay distinct."""
+    full = "-".join(parts)
+    name = _INVALID_NAME.sub("-", full.lower()).strip("-") or "x"
+    if len(name) <= limit and name == full:
+        return name
+    if len(name) <= limit and name != full:  # sanitised: keep it unique against a name that was already clean
+        suffix = _digest(full, 5)
+        if len(name) + 6 <= limit:
+            return f"{name}-{suffix}"
+    suffix = _digest(full)
+    head = name[: limit - len(suffix) - 1].rstrip("-")
+    return f"{head}-{suffix}" if head else suffix
+
+
+def label_value(value: str, limit: int = LABEL_LIMIT) -> str:
+    """A valid label value: ≤ 63 chars of [A-Za-z0-9_.-], starting and ending alphanumerically."""
+    clean = _INVALID_LABEL.sub("-", value).strip("-_.")
+    if len(clean) <= limit and clean == value:
+        return clean
+    suffix = _digest(value)
+    head = clean[: limit - len(suffix) - 1].strip("-_.")
+    return f"{head}-{suffix}" if head else suffix
+
+
+def job_name(campaign: str, run_id: str) -> str:
+    return dns_name(campaign, run_id)
+
+
+def config_map_name(campaign: str, run_id: str) -> str:
+    return dns_name(campaign, run_id)  # a ConfigMap is another kind: the same name is free
+
+
+def campaign_selector(campaign: str) -> str:
+    return f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_CAMPAIGN}={label_value(campaign)}"
+
+
+def owner_reference(campaign: str, uid: str) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": campaign, "uid": uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def labels_for(campaign: str, record: RunRecord, spec: TrainingCampaignSpec | None = None) -> dict[str, str]:
+    labels = {LABEL_NAME: TRAINER_NAME, LABEL_MANAGED_BY: MANAGED_BY, LABEL_PART_OF: MANAGED_BY,
+              LABEL_CAMPAIGN: label_value(campaign), LABEL_PHASE: label_value(record.role),
+              LABEL_RUN: label_value(record.run_id)}
+    if spec is not None and spec.gpu_pool.queue_name:
+        labels[LABEL_KUEUE_QUEUE] = label_value(spec.gpu_pool.queue_name)
+    return labels
+
+
+def annotations_for(campaign: str, uid: str, record: RunRecord) -> dict[str, str]:
+    return {ANNOTATION_RUN_ID: record.run_id, ANNOTATION_CAMPAIGN: campaign, ANNOTATION_CAMPAIGN_UID: uid}
+
+
+def is_gpu(spec: TrainingCampaignSpec) -> bool:
+    return spec.gpu_pool.gpu_type.lower() != "cpu"
+
+
+def data_path(spec: TrainingCampaignSpec) -> str:
+    """Where the dataset lies inside the pod. With a claim: an absolute ``path`` is where the claim is mounted
+    (the claim's root is the dataset), a relative one lies under the claim mounted at /data. Without a claim an
+    absolute path is taken as is (baked into the image) and a relative one under /data."""
+    path = spec.dataset.path
+    return path if path.startswith("/") else f"{DATA_ROOT}/{path.strip('/')}"
+
+
+def output_dir(run_id: str) -> str:
+    return f"{OUTPUT_ROOT}/{run_id}"
+
+
+def active_deadline_seconds(record: RunRecord, spec: TrainingCampaignSpec) -> int:
+    """The run's reserved wall time (reserved GPU-hours over its GPUs) with slack, at least 10 minutes."""
+    hours = record.reserved.gpu_hours / max(1, spec.gpu_pool.gpus_per_run)
+    return max(MIN_DEADLINE_S, math.ceil(hours * 3600.0 * DEADLINE_SLACK))
+
+
+def command_for(spec: TrainingCampaignSpec) -> tuple[list[str], list[str]]:
+    """Exec form, never a shell. A trainer command override wins; several GPUs on one node use torchrun."""
+    trainer = spec.trainer
+    if trainer.command:
+        return list(trainer.command), list(trainer.args)
+    gpus = spec.gpu_pool.gpus_per_run
+    if is_gpu(spec) and gpus > 1:
+        return (["torchrun", "--standalone", "--nnodes=1", f"--nproc_per_node={gpus}", "--no-python",
+                 "flopwise-train", SPEC_PATH], list(trainer.args))
+    return ["flopwise-train", SPEC_PATH], list(trainer.args)
+
+
+def resources_for(spec: TrainingCampaignSpec) -> dict[str, dict[str, str]]:
+    requests = dict(spec.trainer.resources.requests)
+    limits = dict(spec.trainer.resources.limits)
+    if is_gpu(spec):  # the ledger charges gpusPerRun GPUs: the pod gets exactly that many
+        gpus = str(spec.gpu_pool.gpus_per_run)
+        limits["nvidia.com/gpu"] = gpus
+        if "nvidia.com/gpu" in requests:
+            requests["nvidia.com/gpu"] = gpus
+    out: dict[str, dict[str, str]] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def run_config_map(campaign: str, uid: str, namespace: str, record: RunRecord, run_spec: RunSpec,
+                   spec: TrainingCampaignSpec | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": config_map_name(campaign, record.run_id), "namespace": namespace,
+                     "labels": labels_for(campaign, record), "annotations": annotations_for(campaign, uid, record),
+                     "ownerReferences": [owner_reference(campaign, uid)]},
+        "data": {SPEC_KEY: run_spec.model_dump_json(by_alias=True, exclude_none=True)},
+    }
+
+
+def run_job(campaign: str, uid: str, namespace: str, record: RunRecord, spec: TrainingCampaignSpec) -> dict[str, Any]:
+    name = job_name(campaign, record.run_id)
+    labels = labels_for(campaign, record, spec)
+    annotations = annotations_for(campaign, uid, record)
+    command, args = command_for(spec)
+    volumes: list[dict[str, Any]] = [
+        {"name": "run-spec", "configMap": {"name": config_map_name(campaign, record.run_id),
+                                           "items": [{"key": SPEC_KEY, "path": SPEC_KEY}]}},
+        {"name": "output", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "run-spec", "mountPath": SPEC_DIR, "readOnly": True},
+        {"name": "output", "mountPath": OUTPUT_ROOT},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if spec.dataset.claim_name:
+        path = spec.dataset.path
+        volumes.append({"name": "dataset", "persistentVolumeClaim": {"claimName": spec.dataset.claim_name,
+                                                                     "readOnly": True}})
+        mounts.append({"name": "dataset", "mountPath": path if path.startswith("/") else DATA_ROOT,
+                       "readOnly": True})
+    env = [
+        {"name": "FLOPWISE_RUN_SPEC_FILE", "value": SPEC_PATH},
+        {"name": "FLOPWISE_RUN_ID", "value": record.run_id},
+        {"name": "FLOPWISE_TERMINATION_LOG", "value": TERMINATION_LOG},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    container: dict[str, Any] = {
+        "name": CONTAINER, "image": spec.trainer.image, "imagePullPolicy": "IfNotPresent",
+        "command": command, "env": env, "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_LOG, "terminationMessagePolicy": "File",
+        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "allowPrivilegeEscalation": False,
+                            "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    if args:
+        container["args"] = args
+    resources = resources_for(spec)
+    if resources:
+        container["resources"] = resources
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER,
+                            "fsGroup": RUN_AS_USER, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if spec.gpu_pool.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.gpu_pool.node_selector)
+    if spec.gpu_pool.tolerations:
+        pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.gpu_pool.tolerations]
+    job_spec: dict[str, Any] = {
+        "backoffLimit": 0,  # the engine decides retries, and charges them
+        "completions": 1, "parallelism": 1,
+        "activeDeadlineSeconds": active_deadline_seconds(record, spec),
+        "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec},
+    }
+    if spec.gpu_pool.queue_name:
+        job_spec["suspend"] = True  # Kueue admits it (the field needs Kubernetes ≥ 1.21; older servers drop it)
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": annotations,
+                     "ownerReferences": [owner_reference(campaign, uid)]},
+        "spec": job_spec,
+    }

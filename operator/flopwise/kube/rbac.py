@@ -1,0 +1,53 @@
+"""The least the operator needs from the API server, as RBAC objects (a namespaced Role, or a ClusterRole for
+`--all-namespaces`). The cluster test runs the operator as a ServiceAccount bound to exactly these rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flopwise.api.spec import GROUP, PLURAL
+
+NAME = "flopwise-operator"
+
+
+def operator_rules() -> list[dict[str, Any]]:
+    return [
+        # campaigns: watched by kopf (which also keeps its annotations and finalizer on them)
+        {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch", "patch", "update"]},
+        {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch", "update"]},
+        # owner references with blockOwnerDeletion need this where OwnerReferencesPermissionEnforcement is on
+        {"apiGroups": [GROUP], "resources": [f"{PLURAL}/finalizers"], "verbs": ["update"]},
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "delete"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "create"]},
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    ]
+
+
+def scanning_rules() -> list[dict[str, Any]]:
+    """What kopf needs to follow namespaces and CRDs as they come and go: `--all-namespaces` or namespace
+    patterns only (with plain `--namespace` names the operator turns kopf's scanning off)."""
+    return [{"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+             "verbs": ["list", "watch"]},
+            {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}]
+
+
+def operator_role(namespace: str | None = None, name: str = NAME) -> dict[str, Any]:
+    """A Role in ``namespace``, or a ClusterRole (with kopf's scanning rules) when it is None."""
+    meta: dict[str, Any] = {"name": name, "labels": {"app.kubernetes.io/name": NAME}}
+    if namespace:
+        meta["namespace"] = namespace
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role" if namespace else "ClusterRole",
+            "metadata": meta, "rules": operator_rules() + ([] if namespace else scanning_rules())}
+
+
+def operator_binding(service_account: str, sa_namespace: str, namespace: str | None = None,
+                     name: str = NAME) -> dict[str, Any]:
+    kind = "RoleBinding" if namespace else "ClusterRoleBinding"
+    meta: dict[str, Any] = {"name": name}
+    if namespace:
+        meta["namespace"] = namespace
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": meta,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role" if namespace else "ClusterRole",
+                        "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": sa_namespace}]}

@@ -1,0 +1,191 @@
+"""The Job and ConfigMap manifests of a campaign run, and the mapping from Jobs and Pods to the engine's
+observations: pure functions, tested without a cluster."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flopwise.api.load import parse_campaign
+from flopwise.api.status import Charge, RunRecord
+from flopwise.contract import RunSpec, RunSummary
+from flopwise.engine.machine import reconcile
+from flopwise.engine.runspec import run_spec_for
+from flopwise.kube import jobs
+from flopwise.kube.executor import Snapshot, observe_run
+
+DNS = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+LABEL = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+UID = "0b6c7a52-1111-2222-3333-444455556666"
+
+
+def campaign_doc(**pool) -> dict:
+    doc = yaml.safe_load((Path(__file__).parent / "data" / "tiny-campaign.yaml").read_text())
+    doc["spec"]["gpuPool"].update(pool)
+    return doc
+
+
+def first_launch(doc: dict) -> tuple:
+    campaign = parse_campaign(doc)
+    decision = reconcile(campaign.spec, None, [], now=1000.0, seed=1)
+    return campaign.spec, decision.status.plan, decision.launches[0]
+
+
+def test_names_are_dns_labels_deterministic_and_distinct() -> None:
+    assert jobs.job_name("tiny", "ladder-00") == "tiny-ladder-00"
+    long = "c" * 63
+    a, b = jobs.job_name(long, "ladder-00"), jobs.job_name(long, "ladder-01")
+    assert a != b and len(a) <= 63 and len(b) <= 63 and DNS.match(a) and DNS.match(b)
+    assert a == jobs.job_name(long, "ladder-00")  # a restarted operator finds the same name
+    odd = jobs.job_name("Tiny_Camp", "round1-02.a1")
+    assert DNS.match(odd) and len(odd) <= 63
+    assert jobs.job_name("x", "a.b") != jobs.job_name("x", "a-b")  # sanitising never merges two runs
+    for value in ("round1-02-a1", "x" * 80, "-weird_.", "a.b"):
+        label = jobs.label_value(value)
+        assert len(label) <= 63 and LABEL.match(label), label
+
+
+def test_cpu_job_manifest() -> None:
+    spec, plan, record = first_launch(campaign_doc())
+    job = jobs.run_job("tiny", UID, "research", record, spec)
+    meta, pod = job["metadata"], job["spec"]["template"]["spec"]
+    assert meta["name"] == jobs.job_name("tiny", record.run_id)
+    assert meta["ownerReferences"] == [{"apiVersion": "flopwise.dev/v1alpha1", "kind": "TrainingCampaign",
+                                        "name": "tiny", "uid": UID, "controller": True, "blockOwnerDeletion": True}]
+    labels = meta["labels"]
+    assert labels["app.kubernetes.io/name"] == "flopwise-trainer"
+    assert labels["app.kubernetes.io/managed-by"] == "flopwise"
+    assert labels["app.kubernetes.io/part-of"] == "flopwise"
+    assert labels["flopwise.dev/campaign"] == "tiny"
+    assert labels["flopwise.dev/phase"] == "ladder"
+    assert labels["flopwise.dev/run"] == record.run_id
+    assert job["spec"]["template"]["metadata"]["labels"] == labels
+    assert meta["annotations"]["flopwise.dev/run-id"] == record.run_id
+    assert job["spec"]["backoffLimit"] == 0 and "suspend" not in job["spec"]
+    assert job["spec"]["activeDeadlineSeconds"] >= 600
+    assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    assert container["command"] == ["flopwise-train", "/etc/flopwise/spec.json"]
+    assert container["terminationMessagePath"] == "/dev/termination-log"
+    assert container["terminationMessagePolicy"] == "File"
+    assert "resources" not in container  # gpuType cpu: no GPU asked for
+    sc = container["securityContext"]
+    assert sc["runAsNonRoot"] and sc["runAsUser"] == 1000 and sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] and sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/etc/flopwise"]["readOnly"] and "/tmp" in mounts and "/out" in mounts
+    assert {"name": "FLOPWISE_RUN_SPEC_FILE", "value": "/etc/flopwise/spec.json"} in container["env"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["run-spec"]["configMap"]["name"] == jobs.config_map_name("tiny", record.run_id)
+    assert "dataset" not in volumes  # no claim: the path is in the image
+    # the RunSpec ConfigMap
+    run_spec = run_spec_for(record, spec, plan, campaign="tiny", data_path=jobs.data_path(spec),
+                            output_dir=jobs.output_dir(record.run_id))
+    cm = jobs.run_config_map("tiny", UID, "research", record, run_spec)
+    assert cm["metadata"]["ownerReferences"][0]["uid"] == UID
+    parsed = RunSpec.model_validate(json.loads(cm["data"]["spec.json"]))
+    assert parsed.run_id == record.run_id and parsed.data_path == "/data/data"
+    assert parsed.output_dir == f"/out/{record.run_id}"
+
+
+def test_gpu_job_manifest_with_queue_pool_and_claim() -> None:
+    doc = campaign_doc(gpuType="H100", gpusPerRun=4, maxConcurrentGpus=8, nodeSelector={"gpu": "h100"},
+                       tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                       queueName="team-a")
+    doc["spec"]["gpuPool"].pop("peakFlops")
+    doc["spec"]["budget"]["flops"] = 1e13
+    doc["spec"]["dataset"] = {"path": "/datasets/tiny", "claimName": "tokens"}
+    doc["spec"]["trainer"] = {"resources": {"limits": {"memory": "16Gi", "nvidia.com/gpu": "1"},
+                                            "requests": {"cpu": "4"}}}
+    spec, _, record = first_launch(doc)
+    job = jobs.run_job("tiny", UID, "research", record, spec)
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"] == {"limits": {"memory": "16Gi", "nvidia.com/gpu": "4"},
+                                      "requests": {"cpu": "4"}}
+    assert container["command"][:1] == ["torchrun"] and "--nproc_per_node=4" in container["command"]
+    assert container["command"][-2:] == ["flopwise-train", "/etc/flopwise/spec.json"]
+    assert pod["nodeSelector"] == {"gpu": "h100"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["dataset"]["persistentVolumeClaim"] == {"claimName": "tokens", "readOnly": True}
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "dataset")
+    assert mount == {"name": "dataset", "mountPath": "/datasets/tiny", "readOnly": True}
+    assert jobs.data_path(spec) == "/datasets/tiny"
+
+
+def test_command_override_is_exec_form() -> None:
+    doc = campaign_doc()
+    doc["spec"]["trainer"] = {"command": ["python", "-m", "flopwise_trainer.cli"], "args": ["/etc/flopwise/spec.json"]}
+    spec, _, record = first_launch(doc)
+    (container,) = jobs.run_job("tiny", UID, "ns", record, spec)["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["python", "-m", "flopwise_trainer.cli"]
+    assert container["args"] == ["/etc/flopwise/spec.json"]
+
+
+@pytest.mark.parametrize(("gpu_hours", "gpus", "expected"), [(0.0, 1, 600), (1.0, 1, 7200), (8.0, 4, 14400)])
+def test_active_deadline_follows_the_reservation(gpu_hours, gpus, expected) -> None:
+    doc = campaign_doc(gpusPerRun=gpus, maxConcurrentGpus=8)
+    spec, _, record = first_launch(doc)
+    record = record.model_copy(update={"reserved": Charge(flops=1.0, gpu_hours=gpu_hours)})
+    assert jobs.active_deadline_seconds(record, spec) == expected
+
+
+def _pod(message: str | None, exit_code: int = 0, phase: str = "Succeeded") -> dict:
+    terminated = {"exitCode": exit_code}
+    if message is not None:
+        terminated["message"] = message
+    return {"status": {"phase": phase, "containerStatuses": [{"name": "trainer", "state": {"terminated": terminated}}]}}
+
+
+def test_observation_mapping() -> None:
+    ok = RunSummary(run_id="r", status="succeeded", final_val_loss=2.0, tokens=10).to_message()
+    failed = RunSummary(run_id="r", status="failed", exit_reason="oom").to_message()
+    job = {"status": {"active": 1}}
+    failed_job = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]}}
+    cases = [
+        (Snapshot(), "absent"),
+        (Snapshot(config_maps={"r"}), "lost"),
+        (Snapshot(jobs={"r": job}, config_maps={"r"}), "running"),
+        (Snapshot(jobs={"r": job}, pods={"r": [{"status": {"phase": "Pending"}}]}), "running"),
+        (Snapshot(jobs={"r": job}, pods={"r": [_pod(ok)]}), "succeeded"),
+        (Snapshot(pods={"r": [_pod(ok)]}), "succeeded"),  # the Job vanished, its Pod's result still counts
+        (Snapshot(jobs={"r": job}, pods={"r": [_pod(ok, exit_code=1, phase="Failed")]}), "failed"),
+        (Snapshot(jobs={"r": job}, pods={"r": [_pod(failed, exit_code=1, phase="Failed")]}), "failed"),
+        (Snapshot(jobs={"r": job}, pods={"r": [_pod("{not json")]}), "failed"),
+        (Snapshot(jobs={"r": failed_job}, config_maps={"r"}), "failed"),
+    ]
+    for snap, state in cases:
+        assert observe_run("r", snap).state == state, (snap, state)
+    assert observe_run("r", Snapshot(pods={"r": [_pod("{not json")]})).summary is None
+    assert observe_run("r", Snapshot(pods={"r": [_pod(failed, 1)]})).summary.exit_reason == "oom"
+    refused = observe_run("r", Snapshot(rejected={"r": "Job rejected: bad quantity"}, config_maps={"r"}))
+    assert refused.state == "failed" and refused.summary.flops == 0  # nothing ran: nothing is charged
+    assert refused.summary.exit_reason == "Job rejected: bad quantity"
+
+
+def test_record_fields_survive_into_the_manifest() -> None:
+    spec, _, record = first_launch(campaign_doc())
+    retry = RunRecord.model_validate({**record.model_dump(), "run_id": f"{record.planned_id}-a1", "attempt": 1})
+    a = jobs.run_job("tiny", UID, "ns", record, spec)
+    b = jobs.run_job("tiny", UID, "ns", retry, spec)
+    assert a["metadata"]["name"] != b["metadata"]["name"]
+    assert b["metadata"]["annotations"]["flopwise.dev/run-id"] == retry.run_id
+
+
+def test_operator_command_needs_a_scope() -> None:
+    from click.testing import CliRunner
+
+    from flopwise.cli.operator_cmd import command
+
+    result = CliRunner().invoke(command, [])
+    assert result.exit_code == 2 and "--namespace" in result.output
+    result = CliRunner().invoke(command, ["--namespace", "a", "--all-namespaces"])
+    assert result.exit_code == 2

@@ -1,0 +1,35 @@
+"""The design card's layout rules: the operator image never needs torch, the trainer image never needs kopf,
+and nothing shadows Python's standard `operator` module."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def imported_after(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+@pytest.mark.parametrize("module", ["flopwise.kube.handlers", "flopwise.kube.executor", "flopwise.engine.machine",
+                                    "flopwise.cli", "flopwise.fitting.fit", "flopwise.planning.plan"])
+def test_operator_side_never_imports_torch(module: str) -> None:
+    modules = imported_after(f"import {module}")
+    assert "torch" not in modules, module
+
+
+@pytest.mark.parametrize("module", ["flopwise_trainer.train", "flopwise_trainer.cli"])
+def test_trainer_never_imports_kopf_or_the_kubernetes_client(module: str) -> None:
+    modules = imported_after(f"import {module}")
+    assert "kopf" not in modules and "kubernetes" not in modules, module
+
+
+def test_standard_operator_module_is_not_shadowed() -> None:
+    out = subprocess.run([sys.executable, "-c", "import operator; print(operator.__file__)"], capture_output=True,
+                         text=True, check=True, cwd=__import__("pathlib").Path(__file__).resolve().parents[1])
+    assert "site-packages" not in out.stdout and out.stdout.strip().endswith("operator.py")
+    assert "/operator/" not in out.stdout.replace("lib/python", "")

@@ -1,0 +1,486 @@
+"""The operator against the real control plane (etcd + kube-apiserver 1.20 + kube-controller-manager with the Job
+and garbage-collector controllers): `flopwise operator` runs as a subprocess, exactly as in a cluster.
+
+No kubelet can run here (no node, no container runtime), so the tests play the NODE and nothing else: they find
+the Pods the real Job controller created and report each one's container as a kubelet would, through the Pod's
+`status` subresource, with a termination message that is a RunSummary whose losses follow a known law. The API
+server, the Job controller, the garbage collector and the operator are all real.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import math
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cluster import free_port
+from flopwise.api.status import TrainingCampaignStatus
+from flopwise.contract import CurvePoint, RunSpec, RunSummary
+from flopwise.planning.laws import ScalingLaw
+
+ROOT = Path(__file__).resolve().parents[1]
+TRUTH = ScalingLaw(E=1.2, A=40.0, B=60.0, alpha=0.35, beta=0.3)
+MANAGED = "app.kubernetes.io/managed-by=flopwise"
+RUN_ID = "flopwise.dev/run-id"
+TIMINGS: dict[str, float] = {}
+
+
+def lr_penalty(lr: float) -> float:
+    """Round 1's truth: a bowl in log-LR with its minimum at 0.012."""
+    return 0.3 * math.log(lr / 0.012) ** 2
+
+
+def summary_for(spec: RunSpec) -> RunSummary:
+    """What the trainer would report for this RunSpec, from the known law (MFU 0.2 of 1e10 FLOP/s, as planned)."""
+    params, tokens = spec.shape.param_count(), spec.tokens
+    curve = [CurvePoint(tokens=int(tokens * f), val_loss=TRUTH.loss(params, tokens * f) + lr_penalty(spec.optimizer.lr))
+             for f in (0.25, 0.5, 0.75, 1.0)]
+    flops = spec.shape.flops_per_token() * tokens
+    elapsed = flops / (0.2 * 1e10)
+    final = curve[-1].val_loss
+    return RunSummary(run_id=spec.run_id, status="succeeded", params=params, tokens=tokens, steps=spec.total_steps,
+                      flops=flops, final_val_loss=final, best_val_loss=final, best_step=spec.total_steps,
+                      best_tokens=tokens, curve=curve, elapsed_s=elapsed, tokens_per_s=tokens / elapsed)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+
+
+class Operator:
+    """`python -m flopwise.cli.operator_cmd --namespace NS` as a subprocess with the control plane's kubeconfig."""
+
+    def __init__(self, cp, namespace: str, log: Path, kubeconfig: Path | None = None):
+        self.cp, self.namespace, self.log, self.kubeconfig = cp, namespace, log, kubeconfig
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self.port = free_port()
+
+    def liveness(self) -> int:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5) as response:
+            return response.status
+
+    def start(self) -> None:
+        out = open(self.log, "ab")  # noqa: SIM115 - owned by the child
+        out.write(f"\n=== start {self.starts}\n".encode())
+        out.flush()
+        env = self.cp.env(self.kubeconfig)
+        env["PYTHONPATH"] = str(ROOT / "operator")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "flopwise.cli.operator_cmd", "--namespace", self.namespace,
+             "--bootstrap-resamples", "8", "--fit-grid", "coarse",
+             "--liveness", f"http://127.0.0.1:{self.port}/healthz"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=ROOT,
+            start_new_session=True, preexec_fn=_die_with_parent)
+        out.close()
+        self.starts += 1
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture(scope="module")
+def crd(control_plane):
+    control_plane.kubectl("apply", "-f", str(ROOT / "crds" / "trainingcampaign.yaml"))
+    def established() -> bool:  # (`kubectl wait` can race a CRD that has no conditions yet)
+        crd = control_plane.kubectl_json("get", "crd", "trainingcampaigns.flopwise.dev")
+        return any(c["type"] == "Established" and c["status"] == "True"
+                   for c in crd.get("status", {}).get("conditions") or [])
+
+    control_plane.wait_for(established, timeout=30, what="the CRD Established")
+    return control_plane
+
+
+@pytest.fixture(scope="module")
+def apis(control_plane):
+    from kubernetes import client, config
+
+    api_client = config.new_client_from_config(config_file=str(control_plane.kubeconfig))
+    return client.CoreV1Api(api_client), client.BatchV1Api(api_client), client.CustomObjectsApi(api_client)
+
+
+def _operator(crd, tmp_path, *, as_service_account: bool):
+    ns = f"op-{secrets.token_hex(3)}"
+    crd.kubectl("create", "namespace", ns)
+    kubeconfig = None
+    if as_service_account:
+        from flopwise.kube import rbac
+
+        crd.kubectl("create", "serviceaccount", "-n", ns, "flopwise-operator")
+        crd.apply_yaml(yaml.safe_dump(rbac.operator_role(ns)))
+        crd.apply_yaml(yaml.safe_dump(rbac.operator_binding("flopwise-operator", ns, ns)))
+        kubeconfig = crd.service_account_kubeconfig(ns, "flopwise-operator", create=False)
+    op = Operator(crd, ns, tmp_path / "operator.log", kubeconfig)
+    op.start()
+    yield op
+    op.stop()
+    sys.stderr.write(f"----- operator log (last lines) -----\n{op.tail(150)}\n")  # shown when the test fails
+    crd.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+@pytest.fixture()
+def operator(crd, tmp_path):
+    """The operator watching a fresh namespace, as the cluster admin."""
+    yield from _operator(crd, tmp_path, as_service_account=False)
+
+
+@pytest.fixture()
+def sa_operator(crd, tmp_path):
+    """The operator watching a fresh namespace as a ServiceAccount bound to exactly `flopwise.kube.rbac`'s Role."""
+    yield from _operator(crd, tmp_path, as_service_account=True)
+
+
+def tiny_campaign(name: str, namespace: str) -> dict:
+    doc = yaml.safe_load((ROOT / "tests" / "data" / "tiny-campaign.yaml").read_text())
+    doc["metadata"] = {"name": name, "namespace": namespace}
+    doc["spec"]["dataset"] = {"path": "/datasets/tiny", "claimName": "tiny-tokens"}
+    doc["spec"]["gpuPool"]["maxConcurrentGpus"] = 2
+    return doc
+
+
+def campaign(cp, ns: str, name: str) -> dict:
+    return cp.kubectl_json("get", "trainingcampaign", name, "-n", ns)
+
+
+def status_of(cp, ns: str, name: str) -> TrainingCampaignStatus:
+    return TrainingCampaignStatus.model_validate(campaign(cp, ns, name).get("status") or {})
+
+
+class Node:
+    """Plays the kubelet for the campaign's Pods: each Pending Pod the Job controller made is reported finished,
+    its termination message the RunSummary its RunSpec (read from the run's ConfigMap) would produce."""
+
+    def __init__(self, core, batch, namespace: str):
+        self.core, self.batch, self.namespace = core, batch, namespace
+        self.done: set[str] = set()
+        self.pods_per_run: dict[str, set[str]] = {}
+        self.job_uids_per_run: dict[str, set[str]] = {}
+
+    def jobs(self) -> list:
+        return self.batch.list_namespaced_job(self.namespace, label_selector=MANAGED).items
+
+    def step(self, *, skip: set[str] = frozenset()) -> int:
+        for job in self.jobs():
+            self.job_uids_per_run.setdefault(job.metadata.annotations[RUN_ID], set()).add(job.metadata.uid)
+        finished = 0
+        for pod in self.core.list_namespaced_pod(self.namespace, label_selector=MANAGED).items:
+            run_id = pod.metadata.annotations[RUN_ID]
+            self.pods_per_run.setdefault(run_id, set()).add(pod.metadata.uid)
+            if pod.metadata.uid in self.done or pod.status.phase != "Pending" or run_id in skip:
+                continue
+            volume = next(v for v in pod.spec.volumes if v.name == "run-spec")
+            cm = self.core.read_namespaced_config_map(volume.config_map.name, self.namespace)
+            spec = RunSpec.model_validate(json.loads(cm.data["spec.json"]))
+            assert spec.run_id == run_id
+            self.finish(pod, summary_for(spec).to_message())
+            finished += 1
+        return finished
+
+    def finish(self, pod, message: str, exit_code: int = 0) -> None:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        status = {"status": {"phase": "Succeeded" if exit_code == 0 else "Failed", "containerStatuses": [{
+            "name": "trainer", "image": pod.spec.containers[0].image, "imageID": "", "ready": False,
+            "restartCount": 0, "state": {"terminated": {
+                "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error", "message": message,
+                "startedAt": now, "finishedAt": now}}}]}}
+        self.core.patch_namespaced_pod_status(pod.metadata.name, self.namespace, status)
+        self.done.add(pod.metadata.uid)
+
+
+def drive(cp, node: Node, ns: str, name: str, *, timeout: float, between=None,
+          skip: set[str] = frozenset()) -> TrainingCampaignStatus:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        node.step(skip=skip)
+        if between is not None:
+            between()
+        body = campaign(cp, ns, name)
+        phase = (body.get("status") or {}).get("phase")
+        if phase in ("Succeeded", "Failed"):
+            return TrainingCampaignStatus.model_validate(body["status"])
+        time.sleep(0.5)
+    raise TimeoutError(f"campaign {ns}/{name} did not finish in {timeout} s; status: "
+                       f"{json.dumps(campaign(cp, ns, name).get('status', {}).get('runCounts'))}")
+
+
+def check_finished(status: TrainingCampaignStatus, budget: float) -> None:
+    assert status.phase == "Succeeded", status.message
+    assert status.law is not None and status.law.n_runs >= 4
+    assert status.prediction is not None and status.recommendation is not None
+    assert status.recommendation.predicted_loss is not None
+    assert status.ledger.reserved_flops == 0 and status.ledger.reserved_gpu_hours == 0
+    assert 0 < status.ledger.spent_flops <= budget
+    assert math.isclose(status.ledger.spent_flops, sum(r.spent.flops for r in status.runs), rel_tol=1e-9)
+    for record in status.runs:
+        assert record.state in ("Succeeded", "Failed", "Lost"), record
+        if record.state == "Succeeded":
+            assert record.result is not None and record.result.final_val_loss is not None
+    assert len({r.run_id for r in status.runs}) == len(status.runs)
+
+
+# --------------------------------------------------------------------------------------------------- tests
+def test_invalid_campaign_is_rejected_by_the_api_server(crd, operator) -> None:
+    doc = tiny_campaign("bad", operator.namespace)
+    doc["spec"]["budget"]["flops"] = -1.0
+    result = crd.apply_yaml(yaml.safe_dump(doc), check=False)
+    assert result.returncode != 0 and "spec.budget.flops" in result.stderr, result.stderr
+    # What the schema cannot say (an unknown GPU without peakFlops) the operator reports, naming the field.
+    doc = tiny_campaign("unknown-gpu", operator.namespace)
+    doc["spec"]["gpuPool"]["gpuType"] = "tpu-v9"
+    del doc["spec"]["gpuPool"]["peakFlops"]
+    crd.apply_yaml(yaml.safe_dump(doc))
+    body = crd.wait_for(lambda: (b := campaign(crd, operator.namespace, "unknown-gpu")).get("status", {}).get(
+        "phase") == "Failed" and b, timeout=30, what="the invalid campaign Failed")
+    (failed,) = [c for c in body["status"]["conditions"] if c["type"] == "Failed"]
+    assert failed["reason"] == "InvalidSpec" and "spec.gpuPool.gpuType" in failed["message"], failed
+    assert not crd.kubectl_json("get", "jobs", "-n", operator.namespace)["items"]
+
+
+def test_jobs_the_api_server_refuses_fail_their_runs_and_the_campaign_ends(crd, operator) -> None:
+    """A trainer resource the schema cannot check ("lots" of memory) makes every Job invalid: each run fails
+    with the API server's reason (charged nothing, retried once) and the campaign fails instead of hanging."""
+    cp, ns = crd, operator.namespace
+    doc = tiny_campaign("refused", ns)
+    doc["spec"]["trainer"] = {"resources": {"limits": {"memory": "lots"}}}
+    cp.apply_yaml(yaml.safe_dump(doc))
+    status = cp.wait_for(lambda: (s := status_of(cp, ns, "refused")).phase == "Failed" and s, timeout=60,
+                         what="the campaign Failed")
+    assert status.ledger.spent_flops == 0 and status.ledger.reserved_flops == 0
+    assert all(r.state == "Failed" and "Job rejected by the API server" in r.reason for r in status.runs)
+    assert any(r.attempt == 1 for r in status.runs)  # the engine retried
+    assert not cp.kubectl_json("get", "jobs", "-n", ns)["items"]
+    events = cp.kubectl_json("get", "events", "-n", ns, "--field-selector", "involvedObject.name=refused")["items"]
+    assert any(e["reason"] == "LaunchRejected" and "memory" in e["message"] for e in events)
+
+
+def test_campaign_launches_jobs_then_runs_to_success(crd, operator, apis) -> None:
+    cp, ns = crd, operator.namespace
+    core, batch, _ = apis
+    t0 = time.monotonic()
+    doc = tiny_campaign("tiny", ns)
+    cp.apply_yaml(yaml.safe_dump(doc))
+    uid = campaign(cp, ns, "tiny")["metadata"]["uid"]
+
+    jobs = cp.wait_for(lambda: len(batch.list_namespaced_job(ns, label_selector=MANAGED).items) >= 2 and
+                       batch.list_namespaced_job(ns, label_selector=MANAGED).items, timeout=60, interval=0.2,
+                       what="the first two Jobs")
+    TIMINGS["apply_to_first_jobs_s"] = time.monotonic() - t0
+    status = status_of(cp, ns, "tiny")
+    assert status.phase == "Ladder" and status.plan is not None and len(status.plan.ladder.runs) >= 5
+    running = {r.run_id for r in status.runs if r.state == "Running"}
+    assert len(running) == 2  # maxConcurrentGpus 2, one GPU each
+    assert status.observed_generation == 1
+    assert not any(k.startswith("kopf") for k in (campaign(cp, ns, "tiny").get("status") or {}))
+
+    for job in jobs:
+        job = batch.api_client.sanitize_for_serialization(job)
+        meta, spec = job["metadata"], job["spec"]
+        run_id = meta["annotations"][RUN_ID]
+        assert run_id in running and meta["name"] == f"tiny-{run_id}"
+        assert meta["ownerReferences"] == [{"apiVersion": "flopwise.dev/v1alpha1", "kind": "TrainingCampaign",
+                                            "name": "tiny", "uid": uid, "controller": True,
+                                            "blockOwnerDeletion": True}]
+        assert meta["labels"]["app.kubernetes.io/name"] == "flopwise-trainer"
+        assert meta["labels"]["flopwise.dev/campaign"] == "tiny" and meta["labels"]["flopwise.dev/phase"] == "ladder"
+        assert meta["labels"]["flopwise.dev/run"] == run_id
+        assert spec["backoffLimit"] == 0 and spec["activeDeadlineSeconds"] >= 600
+        pod = spec["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False and pod["restartPolicy"] == "Never"
+        (container,) = pod["containers"]
+        assert container["command"] == ["flopwise-train", "/etc/flopwise/spec.json"]
+        assert container["terminationMessagePolicy"] == "File"
+        sc = container["securityContext"]
+        assert sc["runAsNonRoot"] and sc["runAsUser"] == 1000 and not sc["allowPrivilegeEscalation"]
+        assert sc["readOnlyRootFilesystem"] and sc["capabilities"]["drop"] == ["ALL"]
+        assert sc["seccompProfile"]["type"] == "RuntimeDefault"
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["dataset"]["persistentVolumeClaim"] == {"claimName": "tiny-tokens", "readOnly": True}
+        cm = core.read_namespaced_config_map(volumes["run-spec"]["configMap"]["name"], ns)
+        assert cm.metadata.owner_references[0].uid == uid
+        run_spec = RunSpec.model_validate(json.loads(cm.data["spec.json"]))
+        assert run_spec.run_id == run_id and run_spec.data_path == "/datasets/tiny"
+    # While nothing happens (the Pods pend: there is no node) the operator's ticks write nothing.
+    version = campaign(cp, ns, "tiny")["metadata"]["resourceVersion"]
+    time.sleep(4.0)
+    assert campaign(cp, ns, "tiny")["metadata"]["resourceVersion"] == version
+    assert operator.liveness() == 200  # kopf's liveness endpoint (--liveness)
+    events = cp.kubectl_json("get", "events", "-n", ns, "--field-selector", "involvedObject.name=tiny")["items"]
+    assert {"Planned", "RunLaunched"} <= {e["reason"] for e in events}
+
+    node = Node(core, batch, ns)
+    status = drive(cp, node, ns, "tiny", timeout=120)
+    TIMINGS["apply_to_succeeded_s"] = time.monotonic() - t0
+    check_finished(status, doc["spec"]["budget"]["flops"])
+    assert status.run_counts.succeeded == len(status.runs)
+    # one Job and one Pod per run, never two
+    assert all(len(uids) == 1 for uids in node.job_uids_per_run.values()), node.job_uids_per_run
+    assert all(len(uids) == 1 for uids in node.pods_per_run.values()), node.pods_per_run
+    assert set(node.job_uids_per_run) == {r.run_id for r in status.runs}
+
+    # deleting the campaign deletes its Jobs, Pods and ConfigMaps (the garbage collector, through owner references)
+    t1 = time.monotonic()
+    cp.kubectl("delete", "trainingcampaign", "tiny", "-n", ns, "--wait=false")
+    cp.wait_for(lambda: not batch.list_namespaced_job(ns, label_selector=MANAGED).items and
+                not core.list_namespaced_pod(ns, label_selector=MANAGED).items and
+                not core.list_namespaced_config_map(ns, label_selector=MANAGED).items,
+                timeout=60, interval=0.5, what="Jobs, Pods and ConfigMaps garbage-collected")
+    TIMINGS["delete_to_collected_s"] = time.monotonic() - t1
+    sys.stderr.write(f"\n[operator timings] {TIMINGS}\n")
+
+
+def test_operator_killed_at_random_moments_loses_nothing_and_duplicates_nothing(crd, sa_operator, apis) -> None:
+    """Under chaos, and as a ServiceAccount holding only `flopwise.kube.rbac`'s rules: the operator is SIGKILLed
+    and restarted at random moments, one Job is deleted by hand while it runs (lost: relaunched once), one Pod
+    reports garbage (failed: charged, retried as a new run)."""
+    operator = sa_operator
+    cp, ns = crd, operator.namespace
+    core, batch, _ = apis
+    rng = random.Random(7)
+    doc = tiny_campaign("chaos", ns)
+    t0 = time.monotonic()
+    cp.apply_yaml(yaml.safe_dump(doc))
+    node = Node(core, batch, ns)
+    next_kill = [time.monotonic() + rng.uniform(0.5, 3.0)]
+    deleted: list[str] = []
+    victim = {"ladder-02"}  # its first Pod never reports: its Job is deleted by hand while it runs
+    garbled = {"ladder-03"}  # its first Pod terminates with exit code 1 and a garbled message
+    unlaunched = {"ladder-04"}  # while the operator is down, its Job and ConfigMap are removed: as if the operator
+    # had died after persisting the status and before launching (the engine must see it absent, not lost)
+    skip = victim | garbled | unlaunched  # the node leaves these first Pods alone (emptied as they are dealt with)
+
+    def chaos() -> None:
+        forget = [j for j in node.jobs() if j.metadata.annotations[RUN_ID] in unlaunched]
+        if forget or (operator.starts < 5 and time.monotonic() >= next_kill[0]):
+            operator.kill()  # SIGKILL: no clean-up of any kind
+            for job in forget:
+                pods = core.list_namespaced_pod(ns, label_selector=f"job-name={job.metadata.name}").items
+                batch.delete_namespaced_job(job.metadata.name, ns, propagation_policy="Background")
+                core.delete_namespaced_config_map(job.metadata.name, ns)
+                node.done.update(p.metadata.uid for p in pods)
+                skip.difference_update(unlaunched)
+                unlaunched.clear()
+            time.sleep(rng.uniform(0.0, 1.0))
+            operator.start()
+            next_kill[0] = time.monotonic() + rng.uniform(1.0, 4.0)
+        for pod in core.list_namespaced_pod(ns, label_selector=MANAGED).items:
+            if pod.metadata.annotations[RUN_ID] in garbled and pod.status.phase == "Pending":
+                node.finish(pod, '{"runId": "ladder-03", "status": "succ', exit_code=1)
+                skip.difference_update(garbled)
+                garbled.clear()
+        if not deleted:  # delete one Job by hand while it runs: the engine relaunches it once
+            for job in node.jobs():
+                run_id = job.metadata.annotations[RUN_ID]
+                if run_id in victim:
+                    pods = core.list_namespaced_pod(ns, label_selector=f"job-name={job.metadata.name}").items
+                    if pods:
+                        batch.delete_namespaced_job(job.metadata.name, ns, propagation_policy="Background")
+                        node.done.update(p.metadata.uid for p in pods)  # that Pod never reports
+                        deleted.append(run_id)
+                        skip.difference_update(victim)
+                        victim.clear()
+                        return
+
+    status = drive(cp, node, ns, "chaos", timeout=150, between=chaos, skip=skip)
+    TIMINGS["chaos_apply_to_succeeded_s"] = time.monotonic() - t0
+    assert operator.starts >= 3, "the operator was not restarted"
+    check_finished(status, doc["spec"]["budget"]["flops"])
+    assert deleted, "no Job was deleted by hand"
+    lost = next(r for r in status.runs if r.run_id == deleted[0])
+    assert lost.state == "Succeeded" and lost.reason.startswith("relaunched after loss")
+    bad = next(r for r in status.runs if r.run_id == "ladder-03")
+    assert bad.state == "Failed" and bad.result is None and bad.reason == "no result reported"
+    assert bad.spent.flops > 0  # charged its whole reservation
+    retry = next(r for r in status.runs if r.run_id == "ladder-03-a1")
+    assert retry.state == "Succeeded" and retry.result is not None
+    relaunched = next(r for r in status.runs if r.run_id == "ladder-04")
+    assert relaunched.state == "Succeeded" and not relaunched.reason, relaunched.reason  # absent: not a loss
+    # At most one Job per run id at any time (names are deterministic), and a second Job only for the run whose
+    # Job was deleted by hand; no run ran twice otherwise.
+    for run_id, uids in node.job_uids_per_run.items():
+        assert len(uids) == (2 if run_id in (*deleted, "ladder-04") else 1), (run_id, uids)
+    jobs = node.jobs()
+    assert len({j.metadata.name for j in jobs}) == len(jobs)
+    assert {j.metadata.annotations[RUN_ID] for j in jobs} == {r.run_id for r in status.runs if r.launched_at}
+    # every result the node reported is in the status
+    reported = {r.run_id for r in status.runs if r.state == "Succeeded"}
+    assert reported == set(node.job_uids_per_run) - {"ladder-03"}
+    sys.stderr.write(f"\n[operator timings] {TIMINGS} (operator started {operator.starts} times)\n")
+
+
+def test_budget_lowered_below_spending_is_refused_and_raising_it_continues(crd, operator, apis) -> None:
+    cp, ns = crd, operator.namespace
+    core, batch, _ = apis
+    doc = tiny_campaign("budget", ns)
+    cp.apply_yaml(yaml.safe_dump(doc))
+    node = Node(core, batch, ns)
+    status = cp.wait_for(lambda: node.step() >= 0 and (s := status_of(cp, ns, "budget")).ledger.spent_flops > 0
+                         and s, timeout=60, interval=0.3, what="some budget spent")
+    used = status.ledger.spent_flops + status.ledger.reserved_flops
+
+    def budget(flops: float) -> None:
+        cp.kubectl("patch", "trainingcampaign", "budget", "-n", ns, "--type=merge",
+                   "-p", json.dumps({"spec": {"budget": {"flops": flops}}}))
+
+    def condition(state: str, generation: int):
+        body = campaign(cp, ns, "budget")
+        found = [c for c in body["status"].get("conditions", []) if c["type"] == "BudgetBelowSpent"]
+        ok = found and found[0]["status"] == state and body["status"]["observedGeneration"] == generation
+        return ok and body
+
+    budget(used / 2)
+    body = cp.wait_for(lambda: condition("True", 2), timeout=30, what="BudgetBelowSpent True")
+    (refused,) = [c for c in body["status"]["conditions"] if c["type"] == "BudgetBelowSpent"]
+    assert "keeping the previous limits" in refused["message"], refused
+    assert body["status"]["ledger"]["budgetFlops"] == pytest.approx(doc["spec"]["budget"]["flops"])
+    assert body["status"]["phase"] not in ("Failed", "Succeeded")
+
+    # A spec the schema accepts but the models refuse (an unknown GPU without peakFlops) pauses the campaign
+    # that has runs in flight instead of failing it; fixing the spec resumes it.
+    def pool(patch: dict) -> None:
+        cp.kubectl("patch", "trainingcampaign", "budget", "-n", ns, "--type=merge",
+                   "-p", json.dumps({"spec": {"gpuPool": patch}}))
+
+    def spec_valid(state: str, generation: int):
+        body = campaign(cp, ns, "budget")
+        found = [c for c in body["status"].get("conditions", []) if c["type"] == "SpecValid"]
+        return found and found[0]["status"] == state and found[0]["observedGeneration"] == generation and body
+
+    pool({"gpuType": "tpu-v9", "peakFlops": None})
+    body = cp.wait_for(lambda: spec_valid("False", 3), timeout=30, what="SpecValid False")
+    (invalid,) = [c for c in body["status"]["conditions"] if c["type"] == "SpecValid"]
+    assert "spec.gpuPool.gpuType" in invalid["message"] and body["status"]["phase"] not in ("Failed", "Succeeded")
+    pool({"gpuType": "cpu", "peakFlops": 1e10})
+    cp.wait_for(lambda: spec_valid("True", 4), timeout=30, what="SpecValid True")
+
+    budget(2 * doc["spec"]["budget"]["flops"])
+    body = cp.wait_for(lambda: condition("False", 5), timeout=30, what="BudgetBelowSpent False")
+    assert body["status"]["ledger"]["budgetFlops"] == pytest.approx(2 * doc["spec"]["budget"]["flops"])
+    status = drive(cp, node, ns, "budget", timeout=120)
+    check_finished(status, 2 * doc["spec"]["budget"]["flops"])
