@@ -18,7 +18,11 @@ from flopwise.fitting.hygiene import clean
 from flopwise.fitting.points import FitInputError, FitPoints
 from flopwise.planning.laws import ScalingLaw
 
-EARLY_FRACTION = 0.1  # checkpoints before 10% of a run's tokens say more about warmup than about scale
+EARLY_FRACTION = 0.5
+"""Each run's checkpoints before this fraction of its own tokens are dropped (the Hitchhiker's guide: early
+checkpoints mislead). The guide's cut is absolute (1e10 tokens for OPT/Pythia), because its families share one
+early transient; a campaign's runs differ in length by orders of magnitude, so the cut is relative to each run,
+which also drops a small model's initial plateau (at byte level, the unigram phase)."""
 EARLY_BEST_FRACTION = 0.10  # playbook: best step always in the first 10% → too many steps
 LATE_BEST_FRACTION = 0.75  # playbook: best step in the last 25% → train longer
 
@@ -44,6 +48,13 @@ def ladder_points(records: list[RunRecord]) -> FitPoints:
     return FitPoints.from_arrays(params, tokens, losses, runs, validate=False)
 
 
+def drop_early_per_run(points: FitPoints, fraction: float) -> FitPoints:
+    """Keep each run's points at or past ``fraction`` of that run's final tokens."""
+    final = {run: points.tokens[points.run == run].max() for run in points.run_ids()}
+    keep = np.array([t >= fraction * final[r] for t, r in zip(points.tokens, points.run, strict=True)], dtype=bool)
+    return points.subset(keep)
+
+
 @dataclass(frozen=True)
 class LadderFit:
     law: ScalingLaw
@@ -66,7 +77,7 @@ def fit_ladder(records: list[RunRecord], *, resamples: int = 0, seed: int = 0, w
     raw = ladder_points(records)
     if len(raw) == 0:
         raise FitInputError("no finished ladder run yet")
-    cleaned = clean(raw, fraction=EARLY_FRACTION)
+    cleaned = clean(drop_early_per_run(raw, EARLY_FRACTION), min_tokens=0.0)
     mode, are = "auto", None
     if with_backtest and cleaned.points.n_distinct_sizes() >= 4:
         scores = {}

@@ -6,8 +6,8 @@ from flopwise.api.spec import TrainingCampaignSpec
 from flopwise.api.status import Plan, RunRecord
 from flopwise.contract import EvalSpec, MupSpec, OptimizerSpec, RunSpec
 
-EVAL_LOG_POINTS = 6
-EVALS_PER_RUN = 4  # regular evaluations besides the log-spaced ones: the fit's intermediate checkpoints
+EVAL_LOG_POINTS = 4  # early, log-spaced: the shape of the curve for the report
+EVALS_PER_RUN = 8  # regular evaluations: the checkpoints the fit uses (it drops each run's first half)
 CHECKPOINTS_PER_RUN = 4
 EVAL_SHARE = 0.1  # evaluation forward passes cost at most ~10% of a run's training compute
 MIN_VAL_BATCHES, MAX_VAL_BATCHES = 2, 8
