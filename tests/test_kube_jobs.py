@@ -74,7 +74,7 @@ def test_cpu_job_manifest() -> None:
     assert container["terminationMessagePolicy"] == "File"
     assert "resources" not in container  # gpuType cpu: no GPU asked for
     sc = container["securityContext"]
-    assert sc["runAsNonRoot"] and sc["runAsUser"] == 1000 and sc["allowPrivilegeEscalation"] is False
+    assert sc["runAsNonRoot"] and sc["runAsUser"] == 10001 and sc["allowPrivilegeEscalation"] is False
     assert sc["readOnlyRootFilesystem"] and sc["capabilities"] == {"drop": ["ALL"]}
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}

@@ -44,7 +44,7 @@ TERMINATION_LOG = "/dev/termination-log"
 
 DEADLINE_SLACK = 2.0  # activeDeadlineSeconds = reserved wall time × this (≥ 1.5: MFU estimates are rough)
 MIN_DEADLINE_S = 600
-RUN_AS_USER = 1000
+RUN_AS_USER = 10001  # the user both images create (trainer_image/Dockerfile, operator/Dockerfile)
 
 _INVALID_NAME = re.compile(r"[^a-z0-9-]+")
 _INVALID_LABEL = re.compile(r"[^A-Za-z0-9_.-]+")
