@@ -257,3 +257,18 @@ def test_an_ended_campaign_cancels_runs_in_flight_and_relaunches_nothing() -> No
     assert first.spent.flops == 0  # never started: its reservation is given back
     assert second.spent.flops == second.shape.flops_per_token() * second.tokens  # charged what it may have used
     assert decision.status.ledger.reserved_flops == 0
+
+
+def test_a_vanished_run_is_relaunched_once_then_charged_and_marked_lost() -> None:
+    status = reconcile(SPEC, None, [], now=0, options=FAST).status
+    run = next(r for r in status.runs if r.state == "Running")
+    decision = reconcile(SPEC, status, [Observation(run.run_id, "lost")], now=1, options=FAST)
+    assert [r.run_id for r in decision.launches] == [run.run_id]  # same run, same reservation: it resumes
+    again = next(r for r in decision.status.runs if r.run_id == run.run_id)
+    assert again.state == "Running" and again.relaunches == 1 and again.spent.flops == 0
+    decision = reconcile(SPEC, decision.status, [Observation(run.run_id, "lost")], now=2, options=FAST)
+    assert run.run_id not in [r.run_id for r in decision.launches]
+    lost = next(r for r in decision.status.runs if r.run_id == run.run_id)
+    assert lost.state == "Lost" and lost.reserved.flops == 0
+    assert lost.spent.flops == lost.shape.flops_per_token() * lost.tokens
+    assert decision.status.run_counts.lost == 1

@@ -317,7 +317,7 @@ def test_campaign_launches_jobs_then_runs_to_success(crd, operator, apis) -> Non
         assert container["command"] == ["flopwise-train", "/etc/flopwise/spec.json"]
         assert container["terminationMessagePolicy"] == "File"
         sc = container["securityContext"]
-        assert sc["runAsNonRoot"] and sc["runAsUser"] == 1000 and not sc["allowPrivilegeEscalation"]
+        assert sc["runAsNonRoot"] and sc["runAsUser"] == 10001 and not sc["allowPrivilegeEscalation"]
         assert sc["readOnlyRootFilesystem"] and sc["capabilities"]["drop"] == ["ALL"]
         assert sc["seccompProfile"]["type"] == "RuntimeDefault"
         volumes = {v["name"]: v for v in pod["volumes"]}

@@ -193,6 +193,7 @@ class RunRecord(ApiModel):
     planned_id: str = Field(max_length=200, description="the plan's run this attempt carries out")
     role: RunRole
     attempt: int = Field(default=0, ge=0)
+    relaunches: int = Field(default=0, ge=0, description="times it was relaunched after vanishing (at most once)")
     state: RunState = "Pending"
     shape: ModelShape
     params: int = Field(ge=1)

@@ -182,12 +182,13 @@ class _Engine:
     def _lost(self, record: RunRecord) -> None:
         """The run vanished without a result: re-run it once (it resumes from its checkpoint under the same
         reservation), then charge the reservation and mark it lost."""
-        if record.reason.startswith("relaunched after loss"):
+        if record.relaunches >= 1:
             ledger.settle(record, record.reserved.model_copy())
             record.state, record.finished_at = "Lost", self.now
             record.reason = "vanished twice without a result; charged its reservation"
             self._event("RunLost", f"{record.run_id}: {record.reason}")
             return
+        record.relaunches += 1
         record.reason = "relaunched after loss"
         self.launches.append(record)
         self._event("RunRelaunched", f"{record.run_id} vanished without a result; relaunching once")

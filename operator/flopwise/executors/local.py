@@ -10,7 +10,6 @@ them training, and `--resume` picks them up.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -128,6 +127,3 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp.write_text(text)
     os.replace(tmp, path)
 
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
