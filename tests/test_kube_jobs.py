@@ -189,3 +189,54 @@ def test_operator_command_needs_a_scope() -> None:
     assert result.exit_code == 2 and "--namespace" in result.output
     result = CliRunner().invoke(command, ["--namespace", "a", "--all-namespaces"])
     assert result.exit_code == 2
+
+
+def test_a_run_over_several_nodes_is_an_indexed_job_with_a_rendezvous_service() -> None:
+    spec, _plan, record = first_launch(campaign_doc(gpuType="H100", peakFlops=None, gpusPerRun=16, gpusPerNode=8))
+    job = jobs.run_job("big", UID, "research", record, spec)
+    name = job["metadata"]["name"]
+    service = jobs.rendezvous_service("big", UID, "research", record)
+    svc_name = service["metadata"]["name"]
+    assert DNS.match(svc_name) and svc_name[0].isalpha()
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"] == {"job-name": name}
+    assert service["metadata"]["ownerReferences"][0]["uid"] == UID
+    js, pod = job["spec"], job["spec"]["template"]["spec"]
+    assert js["completionMode"] == "Indexed" and js["completions"] == js["parallelism"] == 2
+    assert pod["subdomain"] == svc_name
+    container = pod["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"  # per node: 16 GPUs over two Pods
+    command = container["command"]
+    assert command[0] == "torchrun" and "--nnodes=2" in command and "--nproc_per_node=8" in command
+    assert "--node_rank=$(JOB_COMPLETION_INDEX)" in command and f"--master_addr={name}-0.{svc_name}" in command
+    index_env = next(e for e in container["env"] if e["name"] == "JOB_COMPLETION_INDEX")
+    assert "job-completion-index" in index_env["valueFrom"]["fieldRef"]["fieldPath"]
+    # one node's worth of GPUs stays an ordinary Job
+    spec1, _, record1 = first_launch(campaign_doc(gpuType="H100", peakFlops=None, gpusPerRun=8, gpusPerNode=8))
+    single = jobs.run_job("big", UID, "research", record1, spec1)
+    assert "completionMode" not in single["spec"] and single["spec"]["completions"] == 1
+
+
+def test_only_node_zero_reports_and_a_failed_worker_fails_the_run() -> None:
+    ok = RunSummary(run_id="r", status="succeeded", final_val_loss=2.0, tokens=10, flops=1.0).to_message()
+
+    def indexed(message: str, index: int, exit_code: int = 0) -> dict:
+        return {"metadata": {"annotations": {"batch.kubernetes.io/job-completion-index": str(index)}},
+                "status": {"phase": "Succeeded" if exit_code == 0 else "Failed", "containerStatuses": [
+                    {"name": jobs.CONTAINER, "state": {"terminated": {"exitCode": exit_code, "message": message}}}]}}
+
+    job = {"status": {}}
+    both = Snapshot(jobs={"r": job}, pods={"r": [indexed("", 1), indexed(ok, 0)]})
+    assert observe_run("r", both).state == "succeeded"  # node 1's empty message is not a garbled result
+    worker_died = Snapshot(jobs={"r": job}, pods={"r": [indexed(ok, 0), indexed("", 1, exit_code=137)]})
+    assert observe_run("r", worker_died).state == "failed"
+    waiting = Snapshot(jobs={"r": job}, pods={"r": [indexed("", 1), {"metadata": {"annotations": {
+        "batch.kubernetes.io/job-completion-index": "0"}}, "status": {"phase": "Running"}}]})
+    assert observe_run("r", waiting).state == "running"
+
+
+def test_gpus_per_run_must_fill_whole_nodes() -> None:
+    from flopwise.api.load import CampaignError
+
+    with pytest.raises(CampaignError, match=r"spec\.gpuPool\.gpusPerRun: 12 GPUs do not fill whole nodes of 8"):
+        parse_campaign(campaign_doc(gpuType="H100", peakFlops=None, gpusPerRun=12, gpusPerNode=8))

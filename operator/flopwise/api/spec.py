@@ -97,6 +97,8 @@ class GpuPool(ApiModel):
                           "or any name with peakFlops")
     peak_flops: float | None = Field(default=None, gt=0, le=1e18, description="dense bf16 FLOP/s per GPU")
     gpus_per_run: int = Field(default=1, ge=1, le=4096)
+    gpus_per_node: int = Field(default=8, ge=1, le=64, description="GPUs on one node: a run wider than this spans "
+                               "nodes (an Indexed Job, Kubernetes 1.22+)")
     max_concurrent_gpus: int = Field(default=8, ge=1, le=100_000)
     price_per_gpu_hour: float = Field(default=0.0, ge=0.0, le=10_000.0, description="dollars per GPU-hour")
     expected_mfu: float = Field(default=0.40, gt=0.0, le=1.0, description="model FLOPs utilisation until measured")
@@ -112,6 +114,17 @@ class GpuPool(ApiModel):
                 "or give gpuPool.peakFlops (dense bf16 FLOP/s per GPU)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _whole_nodes(self) -> GpuPool:
+        if self.gpus_per_run > self.gpus_per_node and self.gpus_per_run % self.gpus_per_node:
+            raise FieldProblem("gpusPerRun", f"{self.gpus_per_run} GPUs do not fill whole nodes of "
+                               f"{self.gpus_per_node}: use a multiple of gpusPerNode, or at most {self.gpus_per_node}")
+        return self
+
+    @property
+    def nodes_per_run(self) -> int:
+        return max(1, -(-self.gpus_per_run // self.gpus_per_node))
 
     @property
     def peak(self) -> float:

@@ -58,9 +58,23 @@ def terminated_of(pod: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def completion_index(pod: dict[str, Any]) -> int:
+    """A Pod's node rank in a multi-node (Indexed) Job; 0 for an ordinary Job's only Pod."""
+    value = (_get(pod, "metadata", "annotations") or {}).get("batch.kubernetes.io/job-completion-index", "0")
+    return int(value) if str(value).isdigit() else 0
+
+
 def observe_run(run_id: str, snapshot: Snapshot) -> Observation:
-    """The pure mapping from what the API server holds about one run to the engine's observation."""
-    for pod in snapshot.pods.get(run_id, []):
+    """The pure mapping from what the API server holds about one run to the engine's observation. Over several
+    nodes only node 0 writes the result; another node's Pod matters only when it fails."""
+    pods = sorted(snapshot.pods.get(run_id, []), key=completion_index)
+    for pod in pods:
+        terminated = terminated_of(pod)
+        if completion_index(pod) > 0 and terminated is not None and terminated.get("exitCode") != 0:
+            return Observation(run_id, "failed", None)  # a worker node died: the run's result is lost with it
+    for pod in pods:
+        if completion_index(pod) > 0:
+            continue
         terminated = terminated_of(pod)
         if terminated is None:
             continue
@@ -154,6 +168,13 @@ class KubernetesExecutor:
         except ApiException as error:
             if error.status != 409:
                 raise
+        if jobs.is_gpu(self.spec) and self.spec.gpu_pool.nodes_per_run > 1:  # rendezvous for the Indexed Job
+            try:
+                self.core.create_namespaced_service(
+                    self.namespace, jobs.rendezvous_service(self.campaign, self.uid, self.namespace, record))
+            except ApiException as error:
+                if error.status != 409:
+                    raise
         job = jobs.run_job(self.campaign, self.uid, self.namespace, record, self.spec)
         try:
             self.batch.create_namespaced_job(self.namespace, job)

@@ -90,6 +90,8 @@ class Reconciler:
         self._pending: set[tuple[str, str]] = set()
         self._guard = threading.Lock()
         self._rejected: dict[str, dict[str, str]] = {}  # campaign uid → run id → why its Job was refused
+        self._indexed: bool | None = None
+        self._server = "unknown"
 
     def apis(self) -> tuple[Any, Any, Any]:
         if self._api is None:
@@ -159,6 +161,8 @@ class Reconciler:
         running = any(r.state == "Running" for r in status.runs)
         if status.phase in TERMINAL and not running and status.observed_generation == generation:
             return True  # finished and nothing changed: nothing to observe
+        if jobs.is_gpu(spec) and spec.gpu_pool.nodes_per_run > 1 and not self.indexed_jobs():
+            return self._multi_node_unavailable(body, custom, spec, generation)
         spec, refused = self._budget_guard(spec, status)
         rejected = self._rejected.setdefault(uid, {})
         executor = KubernetesExecutor(core, batch, namespace=namespace, campaign=name, uid=uid, spec=spec,
@@ -188,6 +192,40 @@ class Reconciler:
         return True
 
     # ------------------------------------------------------------------------------------------ helpers
+    def indexed_jobs(self) -> bool:
+        """Does this API server run Indexed Jobs (multi-node runs)? Asked once per operator process."""
+        if self._indexed is None:
+            from kubernetes import client
+
+            info = client.VersionApi().get_code()
+            version = (int(info.major.rstrip("+") or 0), int(info.minor.rstrip("+") or 0))
+            self._indexed = version >= jobs.INDEXED_JOBS_SINCE
+            self._server = f"{info.major}.{info.minor}"
+        return self._indexed
+
+    def _multi_node_unavailable(self, body: dict[str, Any], custom: Any, spec: TrainingCampaignSpec,
+                                generation: int | None) -> bool:
+        """Degrade cleanly: the campaign waits (Pending, nothing launched, nothing spent) with a condition that
+        says why and what to change; editing the spec or upgrading the server lets it go on."""
+        meta, old = body["metadata"], body.get("status") or {}
+        pool = spec.gpu_pool
+        since = ".".join(map(str, jobs.INDEXED_JOBS_SINCE))
+        message = (f"spec.gpuPool.gpusPerRun: {pool.gpus_per_run} GPUs span {pool.nodes_per_run} nodes of "
+                   f"{pool.gpus_per_node}, which needs Indexed Jobs (Kubernetes {since}+); this API server is "
+                   f"{self._server}: lower gpusPerRun to at most {pool.gpus_per_node}, or upgrade the cluster")
+        current = next((c for c in old.get("conditions", []) if c.get("type") == "MultiNodeUnavailable"), None)
+        if current is not None and current.get("observedGeneration") == generation:
+            return True
+        condition = {"type": "MultiNodeUnavailable", "status": "True", "reason": "IndexedJobsUnavailable",
+                     "message": message, "lastTransitionTime": _iso(time.time()), "observedGeneration": generation}
+        conditions = [c for c in old.get("conditions", []) if c.get("type") != "MultiNodeUnavailable"] + [condition]
+        status: dict[str, Any] = {"conditions": conditions, "observedGeneration": generation, "message": message}
+        if not old.get("phase"):
+            status["phase"] = "Pending"
+        patch = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status}
+        custom.patch_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], patch)
+        return True
+
     def _invalid(self, body: dict[str, Any], custom: Any, message: str, generation: int | None) -> bool:
         """A spec the schema let through but the models refuse (an unknown GPU without peakFlops, dollars without
         a price). Before anything ran the campaign fails; once runs exist it pauses instead (condition SpecValid
@@ -213,10 +251,14 @@ class Reconciler:
 
     @staticmethod
     def _spec_valid_again(status: TrainingCampaignStatus, generation: int | None) -> None:
+        """The engine ran, so blocking conditions from earlier generations no longer hold."""
+        cleared = {"SpecValid": ("False", "True", "Valid", "the spec is valid again"),
+                   "MultiNodeUnavailable": ("True", "False", "Resolved", "every run fits the server's Job kinds")}
         for i, c in enumerate(status.conditions):
-            if c.type == "SpecValid" and c.status == "False":
+            if c.type in cleared and c.status == cleared[c.type][0]:
+                _, state, reason, message = cleared[c.type]
                 status.conditions[i] = c.model_copy(update={
-                    "status": "True", "reason": "Valid", "message": "the spec is valid again",
+                    "status": state, "reason": reason, "message": message,
                     "last_transition_time": _iso(time.time()), "observed_generation": generation})
 
     @staticmethod

@@ -42,6 +42,9 @@ DATA_ROOT = "/data"
 OUTPUT_ROOT = "/out"
 TERMINATION_LOG = "/dev/termination-log"
 
+INDEXED_JOBS_SINCE = (1, 22)  # Indexed Jobs (beta, on by default) and their stable Pod hostnames
+RENDEZVOUS_PORT = 29500
+COMPLETION_INDEX = "JOB_COMPLETION_INDEX"
 DEADLINE_SLACK = 2.0  # activeDeadlineSeconds = reserved wall time × this (≥ 1.5: MFU estimates are rough)
 MIN_DEADLINE_S = 600
 RUN_AS_USER = 10001  # the user both images create (trainer_image/Dockerfile, operator/Dockerfile)
@@ -132,12 +135,36 @@ def active_deadline_seconds(record: RunRecord, spec: TrainingCampaignSpec) -> in
     return max(MIN_DEADLINE_S, math.ceil(hours * 3600.0 * DEADLINE_SLACK))
 
 
-def command_for(spec: TrainingCampaignSpec) -> tuple[list[str], list[str]]:
-    """Exec form, never a shell. A trainer command override wins; several GPUs on one node use torchrun."""
+def rendezvous_service_name(campaign: str, run_id: str) -> str:
+    """The headless Service of a multi-node run (a DNS-1035 label: it starts with a letter)."""
+    return dns_name("rdzv", campaign, run_id)
+
+
+def rendezvous_service(campaign: str, uid: str, namespace: str, record: RunRecord) -> dict[str, Any]:
+    """Headless, publishing not-ready addresses: node 0's Pod must resolve before it is ready."""
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": rendezvous_service_name(campaign, record.run_id), "namespace": namespace,
+                     "labels": labels_for(campaign, record), "annotations": annotations_for(campaign, uid, record),
+                     "ownerReferences": [owner_reference(campaign, uid)]},
+        "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                 "selector": {"job-name": job_name(campaign, record.run_id)},
+                 "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT}]},
+    }
+
+
+def command_for(spec: TrainingCampaignSpec, rendezvous: str | None = None) -> tuple[list[str], list[str]]:
+    """Exec form, never a shell. A trainer command override wins; several GPUs on one node use torchrun; a run
+    over several nodes uses torchrun with node 0's stable Pod name (``rendezvous``) as its master."""
     trainer = spec.trainer
     if trainer.command:
         return list(trainer.command), list(trainer.args)
-    gpus = spec.gpu_pool.gpus_per_run
+    pool = spec.gpu_pool
+    if is_gpu(spec) and pool.nodes_per_run > 1 and rendezvous:
+        return (["torchrun", f"--nnodes={pool.nodes_per_run}", f"--nproc_per_node={pool.gpus_per_node}",
+                 f"--node_rank=$({COMPLETION_INDEX})", f"--master_addr={rendezvous}",
+                 f"--master_port={RENDEZVOUS_PORT}", "--no-python", "flopwise-train", SPEC_PATH], list(trainer.args))
+    gpus = pool.gpus_per_run
     if is_gpu(spec) and gpus > 1:
         return (["torchrun", "--standalone", "--nnodes=1", f"--nproc_per_node={gpus}", "--no-python",
                  "flopwise-train", SPEC_PATH], list(trainer.args))
@@ -147,8 +174,8 @@ def command_for(spec: TrainingCampaignSpec) -> tuple[list[str], list[str]]:
 def resources_for(spec: TrainingCampaignSpec) -> dict[str, dict[str, str]]:
     requests = dict(spec.trainer.resources.requests)
     limits = dict(spec.trainer.resources.limits)
-    if is_gpu(spec):  # the ledger charges gpusPerRun GPUs: the pod gets exactly that many
-        gpus = str(spec.gpu_pool.gpus_per_run)
+    if is_gpu(spec):  # the ledger charges gpusPerRun GPUs: the pods get exactly that many between them
+        gpus = str(spec.gpu_pool.gpus_per_run // spec.gpu_pool.nodes_per_run)
         limits["nvidia.com/gpu"] = gpus
         if "nvidia.com/gpu" in requests:
             requests["nvidia.com/gpu"] = gpus
@@ -175,7 +202,10 @@ def run_job(campaign: str, uid: str, namespace: str, record: RunRecord, spec: Tr
     name = job_name(campaign, record.run_id)
     labels = labels_for(campaign, record, spec)
     annotations = annotations_for(campaign, uid, record)
-    command, args = command_for(spec)
+    nodes = spec.gpu_pool.nodes_per_run if is_gpu(spec) else 1
+    service = rendezvous_service_name(campaign, record.run_id) if nodes > 1 else None
+    # An Indexed Job's Pod k is named <job>-k and, with the Service as its subdomain, resolves as such.
+    command, args = command_for(spec, f"{name}-0.{service}" if service else None)
     volumes: list[dict[str, Any]] = [
         {"name": "run-spec", "configMap": {"name": config_map_name(campaign, record.run_id),
                                            "items": [{"key": SPEC_KEY, "path": SPEC_KEY}]}},
@@ -201,6 +231,9 @@ def run_job(campaign: str, uid: str, namespace: str, record: RunRecord, spec: Tr
         {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
+    if service:  # the node rank, for torchrun (the Job controller sets this annotation on each indexed Pod)
+        env.append({"name": COMPLETION_INDEX, "valueFrom": {"fieldRef": {
+            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}})
     container: dict[str, Any] = {
         "name": CONTAINER, "image": spec.trainer.image, "imagePullPolicy": "IfNotPresent",
         "command": command, "env": env, "volumeMounts": mounts,
@@ -229,10 +262,13 @@ def run_job(campaign: str, uid: str, namespace: str, record: RunRecord, spec: Tr
         pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.gpu_pool.tolerations]
     job_spec: dict[str, Any] = {
         "backoffLimit": 0,  # the engine decides retries, and charges them
-        "completions": 1, "parallelism": 1,
+        "completions": nodes, "parallelism": nodes,
         "activeDeadlineSeconds": active_deadline_seconds(record, spec),
         "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec},
     }
+    if service:
+        job_spec["completionMode"] = "Indexed"
+        pod_spec["subdomain"] = service
     if spec.gpu_pool.queue_name:
         job_spec["suspend"] = True  # Kueue admits it (the field needs Kubernetes ≥ 1.21; older servers drop it)
     return {
