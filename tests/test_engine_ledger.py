@@ -272,3 +272,24 @@ def test_a_vanished_run_is_relaunched_once_then_charged_and_marked_lost() -> Non
     assert lost.state == "Lost" and lost.reserved.flops == 0
     assert lost.spent.flops == lost.shape.flops_per_token() * lost.tokens
     assert decision.status.run_counts.lost == 1
+
+
+def test_planned_sections_cannot_change_and_the_refusal_names_them() -> None:
+    status = reconcile(SPEC, None, [], now=0, options=FAST).status
+    plan_before = status.plan
+    edited = SPEC.model_copy(deep=True)
+    edited.model.seq_len = 64
+    edited.tuning.base_learning_rate = 0.5
+    edited.gpu_pool.max_concurrent_gpus = 4  # not a planned section: allowed
+    decision = reconcile(edited, status, [], now=1, options=FAST)
+    (refused,) = [c for c in decision.status.conditions if c.type == "SpecChangeRefused"]
+    assert refused.status == "True" and "spec.model" in refused.message and "spec.tuning" in refused.message
+    assert "spec.gpuPool" not in refused.message
+    assert decision.status.plan == plan_before and decision.status.planned_spec.model.seq_len == 32
+    assert all(r.shape.seq_len == 32 for r in decision.status.runs)  # runs keep the planned model
+    assert len([r for r in decision.status.runs if r.state == "Running"]) == 4  # the allowed change took effect
+    assert ("SpecChangeRefused", refused.message) in decision.events
+    reverted = reconcile(SPEC.model_copy(update={"gpu_pool": edited.gpu_pool}), decision.status, [], now=2,
+                         options=FAST)
+    (cleared,) = [c for c in reverted.status.conditions if c.type == "SpecChangeRefused"]
+    assert cleared.status == "False"

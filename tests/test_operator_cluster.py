@@ -500,6 +500,21 @@ def test_budget_lowered_below_spending_is_refused_and_raising_it_continues(crd, 
     assert body["status"]["ledger"]["budgetFlops"] == pytest.approx(doc["spec"]["budget"]["flops"])
     assert body["status"]["phase"] not in ("Failed", "Succeeded")
 
+    # A planned section (here the model family) cannot change: refused with a condition naming it, the runs keep
+    # the planned shapes; undoing the edit clears the condition.
+    cp.kubectl("patch", "trainingcampaign", "budget", "-n", ns, "--type=merge",
+               "-p", json.dumps({"spec": {"model": {"seqLen": 64}}}))
+    body = cp.wait_for(lambda: (b := campaign(cp, ns, "budget"))["status"]["observedGeneration"] == 3 and b,
+                       timeout=30, what="the model edit observed")
+    (frozen,) = [c for c in body["status"]["conditions"] if c["type"] == "SpecChangeRefused"]
+    assert frozen["status"] == "True" and "spec.model" in frozen["message"], frozen
+    assert all(r["shape"]["seqLen"] == 32 for r in body["status"]["runs"])
+    cp.kubectl("patch", "trainingcampaign", "budget", "-n", ns, "--type=merge",
+               "-p", json.dumps({"spec": {"model": {"seqLen": 32}}}))
+    cp.wait_for(lambda: [c for c in campaign(cp, ns, "budget")["status"]["conditions"]
+                         if c["type"] == "SpecChangeRefused" and c["status"] == "False"],
+                timeout=30, what="SpecChangeRefused cleared once the edit is undone")
+
     # A spec the schema accepts but the models refuse (an unknown GPU without peakFlops) pauses the campaign
     # that has runs in flight instead of failing it; fixing the spec resumes it.
     def pool(patch: dict) -> None:
@@ -512,14 +527,14 @@ def test_budget_lowered_below_spending_is_refused_and_raising_it_continues(crd, 
         return found and found[0]["status"] == state and found[0]["observedGeneration"] == generation and body
 
     pool({"gpuType": "tpu-v9", "peakFlops": None})
-    body = cp.wait_for(lambda: spec_valid("False", 3), timeout=30, what="SpecValid False")
+    body = cp.wait_for(lambda: spec_valid("False", 5), timeout=30, what="SpecValid False")
     (invalid,) = [c for c in body["status"]["conditions"] if c["type"] == "SpecValid"]
     assert "spec.gpuPool.gpuType" in invalid["message"] and body["status"]["phase"] not in ("Failed", "Succeeded")
     pool({"gpuType": "cpu", "peakFlops": 1e10})
-    cp.wait_for(lambda: spec_valid("True", 4), timeout=30, what="SpecValid True")
+    cp.wait_for(lambda: spec_valid("True", 6), timeout=30, what="SpecValid True")
 
     budget(2 * doc["spec"]["budget"]["flops"])
-    body = cp.wait_for(lambda: condition("False", 5), timeout=30, what="BudgetBelowSpent False")
+    body = cp.wait_for(lambda: condition("False", 7), timeout=30, what="BudgetBelowSpent False")
     assert body["status"]["ledger"]["budgetFlops"] == pytest.approx(2 * doc["spec"]["budget"]["flops"])
     status = drive(cp, node, ns, "budget", timeout=120)
     check_finished(status, 2 * doc["spec"]["budget"]["flops"])

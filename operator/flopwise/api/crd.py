@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from flopwise.api import spec as api
-from flopwise.api.status import TrainingCampaignStatus
+from flopwise.api.status import IMMUTABLE_SECTIONS, TrainingCampaignStatus
 from flopwise.contract import GPU_ALIASES, GPU_PEAK_FLOPS
 
 _DROP_KEYS = {"title", "$defs", "discriminator"}
@@ -93,6 +93,9 @@ def _spec_schema(cel: bool) -> dict[str, Any]:
     schema["properties"]["budget"]["x-kubernetes-validations"] = [
         {"rule": "has(self.flops) || has(self.usd)", "message": "give budget.flops and/or budget.usd"},
     ]
+    for name in IMMUTABLE_SECTIONS:  # transition rules: checked on update only
+        schema["properties"][name].setdefault("x-kubernetes-validations", []).append(
+            {"rule": "self == oldSelf", "message": f"spec.{name} cannot change once the campaign is planned"})
     schema["properties"]["budget"]["properties"]["split"]["x-kubernetes-validations"] = [
         {"rule": "self.ladder + self.round1 + self.round2 + self.final <= 1.0",
          "message": "budget.split shares must sum to at most 1"},

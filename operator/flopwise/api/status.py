@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from flopwise.api.spec import ApiModel
+from flopwise.api.spec import ApiModel, Dataset, Ladder, ModelFamily, PlanningLaw, Tuning
 from flopwise.contract import ModelShape, ScheduleSpec
 
 Phase = Literal["Pending", "Planned", "Ladder", "Round1", "Round2", "Final", "Succeeded", "Failed"]
@@ -244,12 +244,27 @@ class Recommendation(ApiModel):
     law: str = ""
 
 
+IMMUTABLE_SECTIONS = ("model", "dataset", "ladder", "tuning", "law")
+"""Spec sections a plan is made of: changing them after planning would orphan the runs already made."""
+
+
+class PlannedSpec(ApiModel):
+    """The immutable spec sections as the campaign was planned: a later edit to them is refused."""
+
+    model: ModelFamily
+    dataset: Dataset
+    ladder: Ladder
+    tuning: Tuning
+    law: PlanningLaw
+
+
 class TrainingCampaignStatus(ApiModel):
     phase: Phase = "Pending"
     observed_generation: int | None = Field(default=None, ge=0)
     message: str = Field(default="", max_length=32768)
     conditions: list[Condition] = Field(default_factory=list)
     plan: Plan | None = None
+    planned_spec: PlannedSpec | None = None
     ledger: LedgerTotals = Field(default_factory=LedgerTotals)
     law: FittedLaw | None = None
     prediction: Prediction | None = None

@@ -16,9 +16,11 @@ from typing import Literal
 
 from flopwise.api.spec import TrainingCampaignSpec
 from flopwise.api.status import (
+    IMMUTABLE_SECTIONS,
     Charge,
     Condition,
     PlannedRun,
+    PlannedSpec,
     Recommendation,
     RunCounts,
     RunRecord,
@@ -67,11 +69,27 @@ def reconcile(spec: TrainingCampaignSpec, status: TrainingCampaignStatus | None,
               *, now: float, generation: int | None = None, seed: int = 0,
               options: EngineOptions = EngineOptions()) -> Decision:
     """One step of the campaign: observe, decide, and say what to launch."""
-    engine = _Engine(spec, status.model_copy(deep=True) if status else TrainingCampaignStatus(), now, seed, options)
+    status = status.model_copy(deep=True) if status else TrainingCampaignStatus()
+    spec, changed = keep_planned_sections(spec, status)
+    engine = _Engine(spec, status, now, seed, options)
     if generation is not None:
         engine.status.observed_generation = generation
+    engine.refuse_changes(changed)
     engine.step(observations)
     return engine.decision()
+
+
+def keep_planned_sections(spec: TrainingCampaignSpec, status: TrainingCampaignStatus
+                          ) -> tuple[TrainingCampaignSpec, list[str]]:
+    """The spec to act on, and the immutable sections the user changed since planning (refused: the planned
+    values stay in force)."""
+    planned = status.planned_spec
+    if planned is None:
+        return spec, []
+    changed = [name for name in IMMUTABLE_SECTIONS if getattr(spec, name) != getattr(planned, name)]
+    if not changed:
+        return spec, []
+    return spec.model_copy(update={name: getattr(planned, name) for name in changed}), changed
 
 
 class _Engine:
@@ -94,6 +112,19 @@ class _Engine:
             self.cancels = [r.run_id for r in self.status.runs if r.state == "Running"]
         self._summarise()
 
+    def refuse_changes(self, changed: list[str]) -> None:
+        """Edits to planned sections are refused with a condition naming them; undoing them clears it."""
+        existing = next((c for c in self.status.conditions if c.type == "SpecChangeRefused"), None)
+        if changed:
+            fields = ", ".join(f"spec.{name}" for name in changed)
+            message = (f"{fields} cannot change once the campaign is planned (its runs were made with them); the "
+                       "planned values stay in force: revert the edit, or create a new campaign")
+            if existing is None or existing.message != message:
+                self._event("SpecChangeRefused", message)
+            self._condition("SpecChangeRefused", "True", "ImmutableField", message)
+        elif existing is not None and existing.status == "True":
+            self._condition("SpecChangeRefused", "False", "Reverted", "the immutable sections match the plan again")
+
     def decision(self) -> Decision:
         return Decision(status=self.status, launches=self.launches, cancels=self.cancels, events=self.events)
 
@@ -108,6 +139,7 @@ class _Engine:
             self._condition("Planned", "False", "InvalidSpec", str(error))
             return False
         self.status.plan = plan
+        self.status.planned_spec = PlannedSpec(**{name: getattr(self.spec, name) for name in IMMUTABLE_SECTIONS})
         self._condition("Planned", "True", "Planned", f"{len(plan.all_runs())} runs planned, "
                         f"{plan.planned_flops / plan.budget_flops:.0%} of the budget")
         self._event("Planned", f"target {plan.target.params:,} params on {plan.target.tokens:,} tokens")
