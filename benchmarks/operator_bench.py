@@ -42,11 +42,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from cluster import ControlPlane, free_port, script  # noqa: E402
 from flopwise.api.spec import GROUP, PLURAL, VERSION, TrainingCampaignSpec  # noqa: E402
-from flopwise.contract import CurvePoint, RunSpec, RunSummary  # noqa: E402
-from flopwise.planning.laws import ScalingLaw  # noqa: E402
+from flopwise.contract import RunSpec  # noqa: E402
 from flopwise.planning.plan import plan_campaign  # noqa: E402
+from synthetic import summary_for  # noqa: E402
 
-TRUTH = ScalingLaw(E=1.2, A=40.0, B=60.0, alpha=0.35, beta=0.3)
 MANAGED = "app.kubernetes.io/managed-by=flopwise"
 CAMPAIGN_LABEL = "flopwise.dev/campaign"
 RUN_ID = "flopwise.dev/run-id"
@@ -72,22 +71,6 @@ def campaign_doc(name: str, namespace: str, concurrency: int) -> dict:
     doc["spec"]["tuning"]["round2Runs"] = 4
     return doc
 
-
-def lr_penalty(lr: float) -> float:
-    return 0.3 * math.log(lr / 0.012) ** 2
-
-
-def summary_for(spec: RunSpec) -> RunSummary:
-    """What the trainer would report for this RunSpec under TRUTH (as tests/test_operator_cluster.py)."""
-    params, tokens = spec.shape.param_count(), spec.tokens
-    curve = [CurvePoint(tokens=int(tokens * f), val_loss=TRUTH.loss(params, tokens * f) + lr_penalty(spec.optimizer.lr))
-             for f in (0.25, 0.5, 0.75, 1.0)]
-    flops = spec.shape.flops_per_token() * tokens
-    elapsed = flops / (0.2 * 1e10)
-    final = curve[-1].val_loss
-    return RunSummary(run_id=spec.run_id, status="succeeded", params=params, tokens=tokens, steps=spec.total_steps,
-                      flops=flops, final_val_loss=final, best_val_loss=final, best_step=spec.total_steps,
-                      best_tokens=tokens, curve=curve, elapsed_s=elapsed, tokens_per_s=tokens / elapsed)
 
 
 # ----------------------------------------------------------------------------------------------- processes

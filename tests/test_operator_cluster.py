@@ -26,32 +26,15 @@ import yaml
 
 from cluster import free_port
 from flopwise.api.status import TrainingCampaignStatus
-from flopwise.contract import CurvePoint, RunSpec, RunSummary
-from flopwise.planning.laws import ScalingLaw
+from flopwise.contract import RunSpec
+from synthetic import summary_for
 
 ROOT = Path(__file__).resolve().parents[1]
-TRUTH = ScalingLaw(E=1.2, A=40.0, B=60.0, alpha=0.35, beta=0.3)
 MANAGED = "app.kubernetes.io/managed-by=flopwise"
 RUN_ID = "flopwise.dev/run-id"
 TIMINGS: dict[str, float] = {}
 
 
-def lr_penalty(lr: float) -> float:
-    """Round 1's truth: a bowl in log-LR with its minimum at 0.012."""
-    return 0.3 * math.log(lr / 0.012) ** 2
-
-
-def summary_for(spec: RunSpec) -> RunSummary:
-    """What the trainer would report for this RunSpec, from the known law (MFU 0.2 of 1e10 FLOP/s, as planned)."""
-    params, tokens = spec.shape.param_count(), spec.tokens
-    curve = [CurvePoint(tokens=int(tokens * f), val_loss=TRUTH.loss(params, tokens * f) + lr_penalty(spec.optimizer.lr))
-             for f in (0.25, 0.5, 0.75, 1.0)]
-    flops = spec.shape.flops_per_token() * tokens
-    elapsed = flops / (0.2 * 1e10)
-    final = curve[-1].val_loss
-    return RunSummary(run_id=spec.run_id, status="succeeded", params=params, tokens=tokens, steps=spec.total_steps,
-                      flops=flops, final_val_loss=final, best_val_loss=final, best_step=spec.total_steps,
-                      best_tokens=tokens, curve=curve, elapsed_s=elapsed, tokens_per_s=tokens / elapsed)
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -184,11 +167,14 @@ class Node:
         self.job_uids_per_run: dict[str, set[str]] = {}
 
     def jobs(self) -> list:
-        return self.batch.list_namespaced_job(self.namespace, label_selector=MANAGED).items
+        """The Jobs now, each one's uid remembered: every Job ever seen counts towards duplicates."""
+        found = self.batch.list_namespaced_job(self.namespace, label_selector=MANAGED).items
+        for job in found:
+            self.job_uids_per_run.setdefault(job.metadata.annotations[RUN_ID], set()).add(job.metadata.uid)
+        return found
 
     def step(self, *, skip: set[str] = frozenset()) -> int:
-        for job in self.jobs():
-            self.job_uids_per_run.setdefault(job.metadata.annotations[RUN_ID], set()).add(job.metadata.uid)
+        self.jobs()
         finished = 0
         for pod in self.core.list_namespaced_pod(self.namespace, label_selector=MANAGED).items:
             run_id = pod.metadata.annotations[RUN_ID]
