@@ -48,7 +48,17 @@ def minimize_batched(
     max_backtracks: int = 40,
     c1: float = 1e-4,
 ) -> BatchResult:
-    """Minimise ``fun`` from every row of ``x0``. ``free`` (P,) bool freezes the other coordinates."""
+    """Minimise ``fun`` from every row of ``x0``. ``free`` (P,) bool freezes the other coordinates.
+
+    Extreme grid starts overflow on their way out (their non-finite values are masked per start), so numpy's
+    floating-point warnings are silenced here rather than shown to the user."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        return _minimize_batched(fun, x0, free=free, memory=memory, ftol=ftol, gtol=gtol, max_iter=max_iter,
+                                 max_backtracks=max_backtracks, c1=c1)
+
+
+def _minimize_batched(fun: BatchObjective, x0: np.ndarray, *, free: np.ndarray | None, memory: int, ftol: float,
+                      gtol: float, max_iter: int, max_backtracks: int, c1: float) -> BatchResult:
     x = np.array(x0, dtype=float, copy=True)
     n_starts, dim = x.shape
     mask = np.ones(dim, bool) if free is None else np.asarray(free, bool)
