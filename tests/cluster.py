@@ -402,6 +402,16 @@ class ControlPlane:
         ns = ["-n", namespace] if namespace else []
         return self.kubectl("apply", *ns, "-f", "-", input=text, **kwargs)
 
+    def wait_established(self, crd: str, timeout: float = 30.0) -> None:
+        """Wait for a CRD to serve. Polls instead of `kubectl wait`, which fails outright (rather than waiting)
+        while a just-created CRD has no status.conditions yet."""
+        def established() -> bool:
+            body = self.kubectl_json("get", "crd", crd)
+            return any(c["type"] == "Established" and c["status"] == "True"
+                       for c in body.get("status", {}).get("conditions") or [])
+
+        self.wait_for(established, timeout=timeout, what=f"CRD {crd} Established")
+
     def wait_for(self, predicate, timeout: float = 30.0, interval: float = 0.25, what: str = "condition"):
         """Polls predicate() until it returns something truthy; returns that value."""
         deadline = time.monotonic() + timeout

@@ -64,7 +64,7 @@ def ns(control_plane):
 @pytest.fixture(scope="module")
 def crd(control_plane):
     control_plane.apply_yaml(CRD)
-    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=30s", f"crd/widgets.{GROUP}")
+    control_plane.wait_established(f"widgets.{GROUP}")
     return f"widgets.{GROUP}"
 
 

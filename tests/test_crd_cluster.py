@@ -17,8 +17,7 @@ pytestmark = pytest.mark.cluster
 @pytest.fixture(scope="module")
 def crd(control_plane):
     control_plane.kubectl("apply", "-f", str(ROOT / "crds" / "trainingcampaign.yaml"))
-    control_plane.kubectl("wait", "--for=condition=Established", "crd/trainingcampaigns.flopwise.dev",
-                          "--timeout=30s")
+    control_plane.wait_established("trainingcampaigns.flopwise.dev")
     control_plane.kubectl("create", "namespace", "crd-test", check=False)
     control_plane.kubectl("create", "namespace", "research", check=False)
     return control_plane

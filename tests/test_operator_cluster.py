@@ -92,12 +92,7 @@ class Operator:
 @pytest.fixture(scope="module")
 def crd(control_plane):
     control_plane.kubectl("apply", "-f", str(ROOT / "crds" / "trainingcampaign.yaml"))
-    def established() -> bool:  # (`kubectl wait` can race a CRD that has no conditions yet)
-        crd = control_plane.kubectl_json("get", "crd", "trainingcampaigns.flopwise.dev")
-        return any(c["type"] == "Established" and c["status"] == "True"
-                   for c in crd.get("status", {}).get("conditions") or [])
-
-    control_plane.wait_for(established, timeout=30, what="the CRD Established")
+    control_plane.wait_established("trainingcampaigns.flopwise.dev")
     return control_plane
 
 
