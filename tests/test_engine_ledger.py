@@ -266,7 +266,12 @@ def test_a_vanished_run_is_relaunched_once_then_charged_and_marked_lost() -> Non
     assert [r.run_id for r in decision.launches] == [run.run_id]  # same run, same reservation: it resumes
     again = next(r for r in decision.status.runs if r.run_id == run.run_id)
     assert again.state == "Running" and again.relaunches == 1 and again.spent.flops == 0
+    # vanishing again before the relaunch was ever seen running: the relaunch did not happen, so it is retried
     decision = reconcile(SPEC, decision.status, [Observation(run.run_id, "lost")], now=2, options=FAST)
+    assert [r.run_id for r in decision.launches] == [run.run_id]
+    assert next(r for r in decision.status.runs if r.run_id == run.run_id).relaunches == 1
+    decision = reconcile(SPEC, decision.status, [Observation(run.run_id, "running")], now=3, options=FAST)
+    decision = reconcile(SPEC, decision.status, [Observation(run.run_id, "lost")], now=4, options=FAST)
     assert run.run_id not in [r.run_id for r in decision.launches]
     lost = next(r for r in decision.status.runs if r.run_id == run.run_id)
     assert lost.state == "Lost" and lost.reserved.flops == 0

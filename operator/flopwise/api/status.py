@@ -194,6 +194,7 @@ class RunRecord(ApiModel):
     role: RunRole
     attempt: int = Field(default=0, ge=0)
     relaunches: int = Field(default=0, ge=0, description="times it was relaunched after vanishing (at most once)")
+    seen_running: bool = Field(default=False, description="an executor has seen this attempt running")
     state: RunState = "Pending"
     shape: ModelShape
     params: int = Field(ge=1)

@@ -161,6 +161,8 @@ class _Engine:
                 self._finish(record, obs.summary, succeeded=obs.state == "succeeded")
             elif obs.state == "lost":
                 self._lost(record)
+            elif obs.state == "running":
+                record.seen_running = True
 
     def _finish(self, record: RunRecord, summary: RunSummary | None, *, succeeded: bool) -> None:
         pool = self._pool()
@@ -213,7 +215,11 @@ class _Engine:
 
     def _lost(self, record: RunRecord) -> None:
         """The run vanished without a result: re-run it once (it resumes from its checkpoint under the same
-        reservation), then charge the reservation and mark it lost."""
+        reservation), then charge the reservation and mark it lost. A relaunch never seen running did not happen
+        (a crash between persisting the status and creating it): it is tried again, not counted as a second loss."""
+        if record.relaunches >= 1 and not record.seen_running:
+            self.launches.append(record)
+            return
         if record.relaunches >= 1:
             ledger.settle(record, record.reserved.model_copy())
             record.state, record.finished_at = "Lost", self.now
@@ -221,6 +227,7 @@ class _Engine:
             self._event("RunLost", f"{record.run_id}: {record.reason}")
             return
         record.relaunches += 1
+        record.seen_running = False
         record.reason = "relaunched after loss"
         self.launches.append(record)
         self._event("RunRelaunched", f"{record.run_id} vanished without a result; relaunching once")
@@ -489,7 +496,7 @@ class _Engine:
         existing = next((c for c in conditions if c.type == kind), None)
         changed = existing is None or existing.status != state
         new = Condition(type=kind, status=state, reason=reason, message=message[:32768],  # type: ignore[arg-type]
-                        last_transition_time=_iso(self.now) if changed else existing.last_transition_time,
+                        last_transition_time=iso_time(self.now) if changed else existing.last_transition_time,
                         observed_generation=self.status.observed_generation)
         if existing is None:
             conditions.append(new)
@@ -516,7 +523,13 @@ def _result_of(summary: RunSummary) -> RunResult:
                      curve=[{"tokens": p.tokens, "val_loss": p.val_loss} for p in curve])
 
 
-def _iso(seconds: float) -> str:
+def iso_time(seconds: float) -> str:
+    """Kubernetes' timestamp format (RFC 3339, UTC, whole seconds)."""
     import datetime
 
     return datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def campaign_seed(name: str) -> int:
+    """The seed of a campaign's runs and bootstrap: a function of its name, so every process agrees."""
+    return sum(name.encode()) % 10_000

@@ -86,9 +86,6 @@ class LocalExecutor:
             return Observation(run_id, "absent")
         return Observation(run_id, "lost")
 
-    def running(self) -> int:
-        return sum(1 for run_id in list(self.children) if self._alive(run_id))
-
     # ---------------------------------------------------------------------------------------- processes
     def _pid(self, run_id: str) -> int | None:
         try:

@@ -23,11 +23,10 @@ from flopwise.api.load import describe
 from flopwise.api.spec import GROUP, KIND, PLURAL, VERSION, TrainingCampaignSpec
 from flopwise.api.status import Condition, TrainingCampaignStatus
 from flopwise.engine import ledger
-from flopwise.engine.machine import EngineOptions, reconcile
+from flopwise.engine.machine import EngineOptions, campaign_seed, iso_time, reconcile
 from flopwise.engine.runspec import run_spec_for
 from flopwise.kube import jobs
 from flopwise.kube.executor import KubernetesExecutor
-from flopwise.local.runner import seed_of
 
 log = logging.getLogger("flopwise.operator")
 
@@ -46,10 +45,6 @@ class Settings:
 
 
 SETTINGS = Settings()
-
-
-def _iso(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _drop_empty(value: Any) -> Any:
@@ -169,7 +164,7 @@ class Reconciler:
                                       rejected=rejected)
         observations = executor.observe(status.runs)
         decision = reconcile(spec, status, observations, now=time.time(), generation=generation,
-                             seed=seed_of(name), options=SETTINGS.options)
+                             seed=campaign_seed(name), options=SETTINGS.options)
         new = decision.status
         self._budget_condition(new, refused, generation)
         self._spec_valid_again(new, generation)
@@ -217,7 +212,7 @@ class Reconciler:
         if current is not None and current.get("observedGeneration") == generation:
             return True
         condition = {"type": "MultiNodeUnavailable", "status": "True", "reason": "IndexedJobsUnavailable",
-                     "message": message, "lastTransitionTime": _iso(time.time()), "observedGeneration": generation}
+                     "message": message, "lastTransitionTime": iso_time(time.time()), "observedGeneration": generation}
         conditions = [c for c in old.get("conditions", []) if c.get("type") != "MultiNodeUnavailable"] + [condition]
         status: dict[str, Any] = {"conditions": conditions, "observedGeneration": generation, "message": message}
         if not old.get("phase"):
@@ -239,7 +234,7 @@ class Reconciler:
                 started or old.get("phase") == "Failed"):
             return True
         condition = {"type": kind, "status": "False" if started else "True", "reason": "InvalidSpec",
-                     "message": message[:32768], "lastTransitionTime": _iso(time.time()),
+                     "message": message[:32768], "lastTransitionTime": iso_time(time.time()),
                      "observedGeneration": generation}
         conditions = [c for c in old.get("conditions", []) if c.get("type") != kind] + [condition]
         status: dict[str, Any] = {"conditions": conditions, "observedGeneration": generation}
@@ -259,7 +254,7 @@ class Reconciler:
                 _, state, reason, message = cleared[c.type]
                 status.conditions[i] = c.model_copy(update={
                     "status": state, "reason": reason, "message": message,
-                    "last_transition_time": _iso(time.time()), "observed_generation": generation})
+                    "last_transition_time": iso_time(time.time()), "observed_generation": generation})
 
     @staticmethod
     def _budget_guard(spec: TrainingCampaignSpec, status: TrainingCampaignStatus) -> tuple[TrainingCampaignSpec, str]:
@@ -298,7 +293,7 @@ class Reconciler:
         condition = Condition(type="BudgetBelowSpent", status=state,  # type: ignore[arg-type]
                               reason="Refused" if refused else "Accepted",
                               message=refused or "the budget covers what is spent and reserved",
-                              last_transition_time=_iso(time.time()), observed_generation=generation)
+                              last_transition_time=iso_time(time.time()), observed_generation=generation)
         status.conditions = [c for c in status.conditions if c.type != "BudgetBelowSpent"] + [condition]
 
     @staticmethod

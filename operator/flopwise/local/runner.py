@@ -15,7 +15,7 @@ from pathlib import Path
 from flopwise.api.load import CampaignError
 from flopwise.api.spec import TrainingCampaign
 from flopwise.api.status import TrainingCampaignStatus
-from flopwise.engine.machine import reconcile
+from flopwise.engine.machine import campaign_seed, reconcile
 from flopwise.engine.runspec import run_spec_for
 from flopwise.executors.local import LocalExecutor
 from flopwise.local.state import StateDir
@@ -40,10 +40,6 @@ def check_dataset(campaign: TrainingCampaign, base: Path) -> Path:
     return path.resolve()
 
 
-def seed_of(name: str) -> int:
-    return sum(name.encode()) % 10_000
-
-
 class LocalCampaign:
     def __init__(self, campaign: TrainingCampaign, state_dir: Path, *, data_path: Path,
                  threads_per_run: int | None = None, device: str = "auto", env: dict[str, str] | None = None):
@@ -66,7 +62,7 @@ class LocalCampaign:
     def step(self, status: TrainingCampaignStatus | None) -> TrainingCampaignStatus:
         observations = self.executor.observe(status.runs) if status else []
         decision = reconcile(self.campaign.spec, status, observations, now=time.time(),
-                             seed=seed_of(self.campaign.metadata.name))
+                             seed=campaign_seed(self.campaign.metadata.name))
         self.state.save(decision.status)  # persist before launching: a crash here relaunches nothing twice
         self.state.log_events(decision.events)
         plan = decision.status.plan
