@@ -15,6 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cluster import SCRIPT, ControlPlane
+from operator_harness import ROOT, Operator
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +62,58 @@ def pytest_runtest_makereport(item, call):
         cp = getattr(item, "funcargs", {}).get("control_plane")
         if cp is not None:
             rep.sections.append(("control plane logs", cp.logs()))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The operator as a subprocess against that control plane (see tests/operator_harness.py).
+@pytest.fixture(scope="module")
+def crd(control_plane):
+    """The control plane with flopwise's CRD installed and established."""
+    control_plane.kubectl("apply", "-f", str(ROOT / "crds" / "trainingcampaign.yaml"))
+    control_plane.wait_established("trainingcampaigns.flopwise.dev")
+    return control_plane
+
+
+@pytest.fixture(scope="module")
+def apis(control_plane):
+    """(CoreV1Api, BatchV1Api, CustomObjectsApi) as the cluster admin."""
+    from kubernetes import client, config
+
+    api_client = config.new_client_from_config(config_file=str(control_plane.kubeconfig))
+    return client.CoreV1Api(api_client), client.BatchV1Api(api_client), client.CustomObjectsApi(api_client)
+
+
+def run_operator(crd, tmp_path, *, as_service_account: bool, extra_args: list[str] | None = None):
+    """Yields an Operator watching a fresh namespace; stops it and deletes the namespace afterwards."""
+    import secrets
+
+    import yaml
+
+    ns = f"op-{secrets.token_hex(3)}"
+    crd.kubectl("create", "namespace", ns)
+    kubeconfig = None
+    if as_service_account:
+        from flopwise.kube import rbac
+
+        crd.kubectl("create", "serviceaccount", "-n", ns, "flopwise-operator")
+        crd.apply_yaml(yaml.safe_dump(rbac.operator_role(ns)))
+        crd.apply_yaml(yaml.safe_dump(rbac.operator_binding("flopwise-operator", ns, ns)))
+        kubeconfig = crd.service_account_kubeconfig(ns, "flopwise-operator", create=False)
+    op = Operator(crd, ns, tmp_path / "operator.log", kubeconfig, extra_args)
+    op.start()
+    yield op
+    op.stop()
+    sys.stderr.write(f"----- operator log (last lines) -----\n{op.tail(150)}\n")  # shown when the test fails
+    crd.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+@pytest.fixture()
+def operator(crd, tmp_path):
+    """The operator watching a fresh namespace, as the cluster admin."""
+    yield from run_operator(crd, tmp_path, as_service_account=False)
+
+
+@pytest.fixture()
+def sa_operator(crd, tmp_path):
+    """The operator watching a fresh namespace as a ServiceAccount bound to exactly `flopwise.kube.rbac`'s Role."""
+    yield from run_operator(crd, tmp_path, as_service_account=True)
