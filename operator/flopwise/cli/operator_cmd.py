@@ -17,15 +17,29 @@ import click
 @click.option("--all-namespaces", "-A", "all_namespaces", is_flag=True, help="watch every namespace")
 @click.option("--liveness", "liveness", default=None, metavar="URL",
               help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz")
+@click.option("--metrics-address", default="0.0.0.0", show_default=True,
+              help="address the Prometheus metrics server listens on")
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=0, show_default=True,
+              help="port of the Prometheus metrics server (0: no metrics server)")
 @click.option("--kubeconfig", default=None, type=click.Path(dir_okay=False),
               help="kubeconfig file (default: in-cluster, else $KUBECONFIG or ~/.kube/config)")
 @click.option("--bootstrap-resamples", type=click.IntRange(min=0), default=200, show_default=True,
               help="bootstrap resamples of the final fit (its confidence interval)")
 @click.option("--fit-grid", type=click.Choice(["hoffmann", "coarse"]), default="hoffmann", show_default=True,
               help="start grid of the fit: Hoffmann's 4500 starts, or a coarse one for small machines")
+@click.option("--leader-election", is_flag=True,
+              help="elect one acting replica through a coordination.k8s.io Lease (run several for fail-over)")
+@click.option("--leader-election-namespace", default=None, metavar="NS",
+              help="namespace of the Lease (default: $POD_NAMESPACE, else the first --namespace)")
+@click.option("--leader-election-name", default="flopwise-operator", show_default=True, metavar="NAME",
+              help="name of the Lease")
+@click.option("--workers", type=click.IntRange(min=1, max=64), default=4, show_default=True,
+              help="reconcile threads (one campaign is never reconciled by two at once)")
 @click.option("--verbose", "-v", is_flag=True)
-def command(namespaces: tuple[str, ...], all_namespaces: bool, liveness: str | None, kubeconfig: str | None,
-            bootstrap_resamples: int, fit_grid: str, verbose: bool) -> None:
+def command(namespaces: tuple[str, ...], all_namespaces: bool, liveness: str | None, metrics_address: str,
+            metrics_port: int, kubeconfig: str | None,
+            bootstrap_resamples: int, fit_grid: str, leader_election: bool, leader_election_namespace: str | None,
+            leader_election_name: str, workers: int, verbose: bool) -> None:
     """Run the TrainingCampaign operator until interrupted."""
     if bool(namespaces) == all_namespaces:
         raise click.UsageError("give --namespace NS (one or more) or --all-namespaces")
@@ -38,6 +52,15 @@ def command(namespaces: tuple[str, ...], all_namespaces: bool, liveness: str | N
     handlers.SETTINGS.options = EngineOptions(bootstrap_resamples=bootstrap_resamples,
                                               fit_grid=COARSE_GRID if fit_grid == "coarse" else HOFFMANN_GRID)
     handlers.SETTINGS.kubeconfig = kubeconfig
+    handlers.SETTINGS.workers = workers
+    if leader_election:
+        import os
+
+        lease_namespace = leader_election_namespace or os.environ.get("POD_NAMESPACE") or (
+            namespaces[0] if namespaces and not any(c in namespaces[0] for c in "*?!,") else None)
+        if not lease_namespace:
+            raise click.UsageError("--leader-election needs --leader-election-namespace (or $POD_NAMESPACE)")
+        handlers.SETTINGS.leader_election = (lease_namespace, leader_election_name)
     # Plain namespace names need no cluster-wide scanning of namespaces and CRDs (nor its RBAC); patterns do.
     handlers.SETTINGS.scanning = all_namespaces or any(c in ns for ns in namespaces for c in "*?!,")
     if kubeconfig:
@@ -48,6 +71,10 @@ def command(namespaces: tuple[str, ...], all_namespaces: bool, liveness: str | N
     logging.getLogger("flopwise").setLevel(logging.DEBUG if verbose else logging.INFO)
     if not verbose:  # kopf logs every handler call at INFO: keep its warnings, and flopwise's own lines
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    if metrics_port:
+        from flopwise.kube import metrics
+
+        metrics.start_server(metrics_address, metrics_port)
     kopf.run(standalone=True, clusterwide=all_namespaces, namespaces=list(namespaces),
              liveness_endpoint=liveness)
 

@@ -9,7 +9,13 @@ operator) and is adopted. Observing maps Jobs and Pods to the engine's observati
 * a Job that is Failed without any Pod result (deadline exceeded, Pod evicted or deleted) → failed;
 * a Job that exists otherwise (active, pending, suspended) → running;
 * no Job: if the run's ConfigMap exists the Job was created and has vanished (deleted by hand) → lost,
-  else it was never created (the operator stopped between persisting the status and launching) → absent.
+  else it was never created (the operator stopped between persisting the status and launching) → absent;
+  a Job the API server refused with 403 (RBAC) was never created either → absent (launched again once the
+  permission is granted, nothing charged).
+
+Observing reads the operator's watch cache first (no API request). Only "still running" and "finished with a
+result" are taken from it; anything else (failed, lost, absent) is confirmed by listing the campaign's Jobs, Pods
+and ConfigMaps, because a watch may lag (a Job's Complete can be seen before its Pod's termination message).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from flopwise.api.status import RunRecord
 from flopwise.contract import RunSpec, RunSummary
 from flopwise.engine.machine import Observation
 from flopwise.kube import jobs
+from flopwise.kube.cache import RunCache
 
 log = logging.getLogger("flopwise.kube")
 
@@ -35,6 +42,7 @@ class Snapshot:
     pods: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     config_maps: set[str] = field(default_factory=set)
     rejected: dict[str, str] = field(default_factory=dict)  # run id → why the API server refused its Job
+    forbidden: set[str] = field(default_factory=set)  # run ids whose Job create was refused for permission
 
 
 def _get(obj: Any, *path: str) -> Any:
@@ -98,7 +106,7 @@ def observe_run(run_id: str, snapshot: Snapshot) -> Observation:
             if _get(pod, "status", "phase") == "Failed":  # evicted or killed before a container status
                 return Observation(run_id, "failed", None)
         return Observation(run_id, "running")
-    if run_id in snapshot.config_maps:
+    if run_id in snapshot.config_maps and run_id not in snapshot.forbidden:
         return Observation(run_id, "lost")
     return Observation(run_id, "absent")
 
@@ -120,17 +128,21 @@ class KubernetesExecutor:
     """Jobs for one campaign in one namespace. ``core`` and ``batch`` are kubernetes client APIs."""
 
     def __init__(self, core: Any, batch: Any, *, namespace: str, campaign: str, uid: str,
-                 spec: TrainingCampaignSpec, rejected: dict[str, str] | None = None):
+                 spec: TrainingCampaignSpec, rejected: dict[str, str] | None = None,
+                 forbidden: set[str] | None = None, cache: RunCache | None = None):
         self.core, self.batch = core, batch
         self.namespace, self.campaign, self.uid, self.spec = namespace, campaign, uid, spec
-        # Jobs the API server refused as invalid (kept by the caller across reconciles; in memory only: after a
-        # restart the run is simply launched again, and refused again)
+        # Jobs the API server refused as invalid or forbidden (kept by the caller across reconciles; in memory
+        # only: after a restart the run is simply launched again, and refused again)
         self.rejected = rejected if rejected is not None else {}
+        self.forbidden = forbidden if forbidden is not None else set()
+        self.cache = cache
+        self.listed = False  # did the last observe list from the API server (for tests and the benchmark)
 
     # ------------------------------------------------------------------------------------------- observe
     def snapshot(self) -> Snapshot:
         selector = jobs.campaign_selector(self.campaign)
-        snap = Snapshot(rejected=dict(self.rejected))
+        snap = Snapshot(rejected=dict(self.rejected), forbidden=set(self.forbidden))
         for job in self.batch.list_namespaced_job(self.namespace, label_selector=selector).items:
             job = _to_dict(self.batch, job)
             if self._ours(job):
@@ -150,10 +162,23 @@ class KubernetesExecutor:
         annotations = _get(obj, "metadata", "annotations") or {}
         return annotations.get(jobs.ANNOTATION_CAMPAIGN_UID) == self.uid and jobs.ANNOTATION_RUN_ID in annotations
 
+    def cached_snapshot(self) -> Snapshot | None:
+        if self.cache is None:
+            return None
+        found_jobs, found_pods = self.cache.runs_of(self.uid)
+        return Snapshot(jobs=found_jobs, pods=found_pods, rejected=dict(self.rejected), forbidden=set(self.forbidden))
+
     def observe(self, records: list[RunRecord]) -> list[Observation]:
         running = [r for r in records if r.state == "Running"]
+        self.listed = False
         if not running:
             return []
+        cached = self.cached_snapshot()
+        if cached is not None:
+            seen = [observe_run(r.run_id, cached) for r in running]
+            if all(o.state == "running" or (o.state == "succeeded" and o.summary is not None) for o in seen):
+                return seen
+        self.listed = True
         snap = self.snapshot()
         return [observe_run(r.run_id, snap) for r in running]
 
@@ -179,6 +204,9 @@ class KubernetesExecutor:
         try:
             self.batch.create_namespaced_job(self.namespace, job)
         except ApiException as error:
+            if error.status == 403:  # RBAC: not a fault of the run; launched again once permitted
+                self.forbidden.add(record.run_id)
+                raise
             if error.status in (400, 422):  # invalid: retrying the same manifest cannot help
                 self.rejected[record.run_id] = f"Job rejected by the API server: {_reason(error)}"
                 log.warning("run %s: %s", record.run_id, self.rejected[record.run_id])
@@ -187,6 +215,7 @@ class KubernetesExecutor:
                 raise
             log.info("adopted Job %s/%s for run %s", self.namespace, job["metadata"]["name"], record.run_id)
             return False
+        self.forbidden.discard(record.run_id)
         log.info("created Job %s/%s for run %s", self.namespace, job["metadata"]["name"], record.run_id)
         return True
 

@@ -12,16 +12,23 @@ NAME = "flopwise-operator"
 
 def operator_rules() -> list[dict[str, Any]]:
     return [
-        # campaigns: watched by kopf (which also keeps its annotations and finalizer on them)
-        {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch", "patch", "update"]},
-        {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch", "update"]},
+        # campaigns: watched (kopf's on.event only: it writes nothing on them), read again after a conflict
+        {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["patch"]},
         # owner references with blockOwnerDeletion need this where OwnerReferencesPermissionEnforcement is on
         {"apiGroups": [GROUP], "resources": [f"{PLURAL}/finalizers"], "verbs": ["update"]},
-        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "delete"]},
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "create"]},
-        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list", "watch", "create", "delete"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "create"]},
+        # rendezvous Services of multi-node (Indexed Job) runs
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["create"]},
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
     ]
+
+
+def leader_election_rules() -> list[dict[str, Any]]:
+    """`--leader-election`: the Lease replicas elect a leader with, in the Lease's namespace only."""
+    return [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}]
 
 
 def scanning_rules() -> list[dict[str, Any]]:

@@ -1,0 +1,152 @@
+"""What the operator's watches have seen, kept small: campaign bodies, and per campaign only the fields of its Jobs
+and Pods that decide a run's observation (annotations, Job conditions, Pod phase and termination).
+
+Why: reconciling from this cache costs no API request, so a reconcile that finds nothing new is free, and memory
+is a few hundred bytes per Job instead of the client's full objects. The cache is trusted only where a watch can
+never be wrong: a run still running, or a Pod terminated with its result (terminal states do not go back). A
+verdict of failed, lost or absent is confirmed by listing first (the executor does that).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from flopwise.kube import jobs
+
+CampaignKey = tuple[str, str]  # (namespace, name)
+MESSAGE_LIMIT = 4 * 4096  # a termination message is at most 4096 bytes; keep a margin, never more
+
+
+def _get(obj: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(obj, Mapping):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _annotations(body: Mapping[str, Any]) -> dict[str, str]:
+    kept = (jobs.ANNOTATION_RUN_ID, jobs.ANNOTATION_CAMPAIGN_UID, jobs.ANNOTATION_CAMPAIGN,
+            "batch.kubernetes.io/job-completion-index")
+    found = _get(body, "metadata", "annotations") or {}
+    return {k: str(found[k]) for k in kept if k in found}
+
+
+def compact_job(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The Job as `executor.observe_run` reads it: name, annotations, conditions."""
+    conditions = [{"type": c.get("type"), "status": c.get("status")} for c in _get(body, "status", "conditions") or []]
+    return {"metadata": {"name": _get(body, "metadata", "name"), "annotations": _annotations(body)},
+            "status": {"conditions": conditions}}
+
+
+def compact_pod(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The Pod as `executor.observe_run` reads it: annotations, phase, each container's terminated state."""
+    statuses = []
+    for status in _get(body, "status", "containerStatuses") or []:
+        terminated = _get(status, "state", "terminated")
+        state = {}
+        if terminated:
+            state = {"terminated": {"exitCode": terminated.get("exitCode"),
+                                    "message": (terminated.get("message") or "")[:MESSAGE_LIMIT]}}
+        statuses.append({"name": status.get("name"), "state": state})
+    return {"metadata": {"uid": _get(body, "metadata", "uid"), "annotations": _annotations(body)},
+            "status": {"phase": _get(body, "status", "phase"), "containerStatuses": statuses}}
+
+
+class RunCache:
+    """Thread-safe: kopf's watch handlers write, the reconcile workers read."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._campaigns: dict[CampaignKey, dict[str, Any]] = {}
+        # campaign uid → run id → Job; campaign uid → run id → Pod uid → Pod
+        self._jobs: dict[str, dict[str, dict[str, Any]]] = {}
+        self._pods: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+
+    # -------------------------------------------------------------------------------------------- campaigns
+    def put_campaign(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Stores a deep copy (kopf's bodies are views it may reuse) unless an older version than the one held."""
+        doc = copy.deepcopy(dict(body))
+        key = (doc["metadata"]["namespace"], doc["metadata"]["name"])
+        with self._lock:
+            held = self._campaigns.get(key)
+            if held is not None and held["metadata"].get("uid") == doc["metadata"].get("uid") and \
+                    _newer(held["metadata"].get("resourceVersion"), doc["metadata"].get("resourceVersion")):
+                return held
+            self._campaigns[key] = doc
+        return doc
+
+    def campaign(self, key: CampaignKey) -> dict[str, Any] | None:
+        with self._lock:
+            body = self._campaigns.get(key)
+            return copy.deepcopy(body) if body is not None else None
+
+    def drop_campaign(self, key: CampaignKey) -> None:
+        with self._lock:
+            body = self._campaigns.pop(key, None)
+            if body is not None:
+                uid = body["metadata"].get("uid")
+                self._jobs.pop(uid, None)
+                self._pods.pop(uid, None)
+
+    def campaign_keys(self) -> list[CampaignKey]:
+        with self._lock:
+            return list(self._campaigns)
+
+    # ---------------------------------------------------------------------------------------- Jobs and Pods
+    def put_job(self, body: Mapping[str, Any], deleted: bool = False) -> bool:
+        """Records a Job event; True when what a run's observation reads has changed."""
+        job = compact_job(body)
+        uid, run_id = _owner(job)
+        if not uid or not run_id:
+            return False
+        with self._lock:
+            runs = self._jobs.setdefault(uid, {})
+            held = runs.get(run_id)
+            if deleted:
+                if held is not None and held["metadata"]["name"] == job["metadata"]["name"]:
+                    del runs[run_id]
+                    return True
+                return False
+            runs[run_id] = job
+            return held != job
+
+    def put_pod(self, body: Mapping[str, Any], deleted: bool = False) -> bool:
+        """Records a Pod event; True when what a run's observation reads has changed."""
+        pod = compact_pod(body)
+        uid, run_id = _owner(pod)
+        pod_uid = pod["metadata"]["uid"]
+        if not uid or not run_id or not pod_uid:
+            return False
+        with self._lock:
+            pods = self._pods.setdefault(uid, {}).setdefault(run_id, {})
+            if deleted:
+                return pods.pop(pod_uid, None) is not None
+            held = pods.get(pod_uid)
+            pods[pod_uid] = pod
+            return held != pod
+
+    def runs_of(self, campaign_uid: str) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+        """(run id → Job, run id → Pods) as seen by the watches, copied."""
+        with self._lock:
+            found_jobs = copy.deepcopy(self._jobs.get(campaign_uid, {}))
+            found_pods = {run: copy.deepcopy(list(pods.values()))
+                          for run, pods in self._pods.get(campaign_uid, {}).items() if pods}
+        return found_jobs, found_pods
+
+
+def _owner(obj: dict[str, Any]) -> tuple[str | None, str | None]:
+    annotations = obj["metadata"]["annotations"]
+    return annotations.get(jobs.ANNOTATION_CAMPAIGN_UID), annotations.get(jobs.ANNOTATION_RUN_ID)
+
+
+def _newer(held: Any, incoming: Any) -> bool:
+    """Is the held resourceVersion newer than the incoming one? Kubernetes says resourceVersions are opaque, but
+    etcd's are integers; compare only then, else take the incoming body."""
+    try:
+        return int(held) > int(incoming)
+    except (TypeError, ValueError):
+        return False

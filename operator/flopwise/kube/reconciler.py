@@ -1,0 +1,377 @@
+"""One reconcile pass of one campaign: read it (from the watch cache), observe its runs, let the engine
+(`flopwise.engine.machine.reconcile`, the same one `flopwise run` drives locally) decide, persist the status first,
+then create the launches' ConfigMaps and Jobs and post the engine's events as Kubernetes Events.
+
+kopf wiring, the work queue and leader election are elsewhere (handlers.py, workqueue.py, leader.py); this module
+is the part that talks to the API server about one campaign.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from flopwise.api.load import describe
+from flopwise.api.spec import GROUP, KIND, PLURAL, VERSION, TrainingCampaignSpec
+from flopwise.api.status import Condition, TrainingCampaignStatus
+from flopwise.engine import ledger
+from flopwise.engine.machine import EngineOptions, campaign_seed, iso_time, reconcile
+from flopwise.engine.runspec import run_spec_for
+from flopwise.kube import jobs
+from flopwise.kube.cache import CampaignKey, RunCache
+from flopwise.kube.executor import KubernetesExecutor, _reason
+
+log = logging.getLogger("flopwise.operator")
+
+CONFLICT_RETRIES = 3
+TERMINAL = ("Succeeded", "Failed")
+
+
+def _status_or_none(body: dict[str, Any] | None) -> TrainingCampaignStatus | None:
+    try:
+        return TrainingCampaignStatus.model_validate((body or {}).get("status") or {}) if body else None
+    except ValidationError:
+        return None
+
+
+@dataclass
+class Settings:
+    """What the `flopwise operator` command configures before kopf starts."""
+
+    options: EngineOptions = field(default_factory=EngineOptions)
+    kubeconfig: str | None = None
+    scanning: bool = True  # kopf watches CRDs and namespaces (cluster-wide RBAC); off for plain --namespace lists
+    workers: int = 4  # reconcile threads (API calls are I/O: a few suffice; one campaign never runs on two)
+    leader_election: tuple[str, str] | None = None  # (namespace, Lease name) when replicas elect a leader
+
+
+SETTINGS = Settings()
+
+
+def _drop_empty(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_empty(v) for k, v in value.items() if v != ""}
+    if isinstance(value, list):
+        return [_drop_empty(v) for v in value]
+    return value
+
+
+def status_document(status: TrainingCampaignStatus) -> dict[str, Any]:
+    """The status as stored: camelCase JSON without None and without empty strings (they are the models'
+    defaults; kube-apiserver 1.20 as built here reads an empty string in a custom-resource merge patch as null
+    and then rejects it against the string schema)."""
+    return _drop_empty(status.model_dump(by_alias=True, mode="json", exclude_none=True))
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """An RFC 7386 merge patch turning ``old`` into ``new`` (objects recurse; lists and scalars are replaced)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch: dict[str, Any] = {k: None for k in old if k not in new}
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif old[key] != value:
+            patch[key] = merge_patch(old[key], value)
+    return patch
+
+
+class Reconciler:
+    """One engine pass for one campaign, from the watch cache. The work queue guarantees one pass per campaign at a
+    time; in-memory state here (refused Jobs, the resourceVersions we wrote) is an optimisation, never the truth:
+    a restarted operator rebuilds everything from the API server."""
+
+    def __init__(self, cache: RunCache) -> None:
+        self.cache = cache
+        self._api: tuple[Any, Any, Any] | None = None
+        self._rejected: dict[str, dict[str, str]] = {}  # campaign uid → run id → why its Job was refused
+        self._forbidden: dict[str, set[str]] = {}  # campaign uid → run ids whose Job create got 403
+        self._written: dict[CampaignKey, str] = {}  # the resourceVersion of our latest status write
+        self._verify: set[CampaignKey] = set()  # observe by listing next time (the periodic resync)
+        self._indexed: bool | None = None
+        self._server = "unknown"
+        # asks for another pass: set by the work queue's owner (handlers.py)
+        self.requeue: Callable[[CampaignKey], None] = lambda _key: None
+
+    def apis(self) -> tuple[Any, Any, Any]:
+        if self._api is None:
+            from kubernetes import client, config
+
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config(config_file=SETTINGS.kubeconfig)
+            self._api = (client.CustomObjectsApi(), client.CoreV1Api(), client.BatchV1Api())
+        return self._api
+
+    def wrote(self, key: CampaignKey, resource_version: str | None) -> bool:
+        """Is this version of the campaign our own status write, echoed back by the watch (nothing to do)?"""
+        return resource_version is not None and self._written.get(key) == resource_version
+
+    def verify_next(self, key: CampaignKey) -> None:
+        self._verify.add(key)
+
+    def forget(self, key: CampaignKey, uid: str | None) -> None:
+        self._written.pop(key, None)
+        self._verify.discard(key)
+        if uid:
+            self._rejected.pop(uid, None)
+            self._forbidden.pop(uid, None)
+
+    # ------------------------------------------------------------------------------------------ one pass
+    def reconcile(self, key: CampaignKey) -> TrainingCampaignStatus | None:
+        """One pass; the campaign's status afterwards (None when it is gone). A 409 means someone wrote meanwhile:
+        nothing was launched, so read it again and start over. A 403 is shown on the campaign and raised (the
+        work queue retries with back-off)."""
+        from kubernetes.client.exceptions import ApiException
+
+        custom, core, batch = self.apis()
+        namespace, name = key
+        body = self.cache.campaign(key)
+        for _ in range(CONFLICT_RETRIES):
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return None
+            try:
+                return self._step(body, custom, core, batch)
+            except ApiException as error:
+                if error.status == 403:
+                    self._show_forbidden(body, custom, error)
+                    raise
+                if error.status not in (404, 409):
+                    raise
+            log.info("campaign %s/%s changed meanwhile; reconciling again", namespace, name)
+            try:
+                body = self.cache.put_campaign(custom.get_namespaced_custom_object(GROUP, VERSION, namespace,
+                                                                                   PLURAL, name))
+            except ApiException as error:
+                if error.status == 404:
+                    return None
+                raise
+        return None
+
+    def _step(self, body: dict[str, Any], custom: Any, core: Any, batch: Any) -> TrainingCampaignStatus | None:
+        """One engine step: observe, decide, persist the status (first), then launch and post events."""
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        namespace, name, uid, generation = meta["namespace"], meta["name"], meta["uid"], meta.get("generation")
+        old = body.get("status") or {}
+        try:
+            spec = TrainingCampaignSpec.model_validate(body.get("spec") or {})
+        except ValidationError as error:
+            self._invalid(body, custom, "; ".join(describe(error, ("spec",))), generation)
+            return _status_or_none(self.cache.campaign(key))
+        try:
+            status = TrainingCampaignStatus.model_validate(old)
+        except ValidationError as error:
+            log.error("campaign %s/%s: unreadable status, leaving it alone: %s", namespace, name, error)
+            return None
+        running = any(r.state == "Running" for r in status.runs)
+        if status.phase in TERMINAL and not running and status.observed_generation == generation:
+            return status  # finished and nothing changed: nothing to observe
+        if jobs.is_gpu(spec) and spec.gpu_pool.nodes_per_run > 1 and not self.indexed_jobs():
+            self._multi_node_unavailable(body, custom, spec, generation)
+            return _status_or_none(self.cache.campaign(key))
+        spec, refused = self._budget_guard(spec, status)
+        rejected = self._rejected.setdefault(uid, {})
+        forbidden = self._forbidden.setdefault(uid, set())
+        verify = key in self._verify
+        self._verify.discard(key)
+        executor = KubernetesExecutor(core, batch, namespace=namespace, campaign=name, uid=uid, spec=spec,
+                                      rejected=rejected, forbidden=forbidden, cache=None if verify else self.cache)
+        observations = executor.observe(status.runs)
+        decision = reconcile(spec, status, observations, now=time.time(), generation=generation,
+                             seed=campaign_seed(name), options=SETTINGS.options)
+        new = decision.status
+        self._budget_condition(new, refused, generation)
+        self._spec_valid_again(new, generation, permitted=not decision.launches)
+        document = status_document(new)
+        if document != old or decision.launches:
+            # Persist first (a 409 means someone wrote meanwhile: nothing was launched, start over).
+            self._patch_status(custom, meta, merge_patch(old, document))
+            # Our own write's watch echo is not news, so look once more ourselves: a pass that changed something
+            # may enable the next step (a refused Job, say, produces no event at all).
+            self.requeue(key)
+        plan = new.plan
+        for record in decision.launches:
+            assert plan is not None
+            run_spec = run_spec_for(record, spec, plan, campaign=name, data_path=jobs.data_path(spec),
+                                    output_dir=jobs.output_dir(record.run_id))
+            rejected.pop(record.run_id, None)
+            executor.launch(record, run_spec)
+            if record.run_id in rejected:
+                decision.events.append(("LaunchRejected", f"{record.run_id}: {rejected[record.run_id]}"))
+        self._post(core, body, decision.events)
+        return new
+
+    def _patch_status(self, custom: Any, meta: dict[str, Any], status_patch: dict[str, Any]) -> None:
+        """A status merge patch guarded by the resourceVersion we read; the answer refreshes the cache and is
+        remembered so that its watch echo is not mistaken for news."""
+        patch = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status_patch}
+        updated = custom.patch_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], PLURAL,
+                                                                meta["name"], patch)
+        key = (meta["namespace"], meta["name"])
+        self._written[key] = updated["metadata"]["resourceVersion"]
+        self.cache.put_campaign(updated)
+
+    def _show_forbidden(self, body: dict[str, Any], custom: Any, error: Any) -> None:
+        """RBAC refused a call: say so on the campaign (condition Degraded, reason Forbidden, the API server's
+        words naming verb and resource) and in the log. Nothing is charged; the pass is retried with back-off."""
+        from kubernetes.client.exceptions import ApiException
+
+        meta, old = body["metadata"], body.get("status") or {}
+        message = (f"the operator's ServiceAccount was refused: {_reason(error)[:1500]}; grant it the flopwise "
+                   "operator Role (flopwise.kube.rbac, or the Helm chart's)")
+        log.error("campaign %s/%s: %s", meta["namespace"], meta["name"], message)
+        current = next((c for c in old.get("conditions", []) if c.get("type") == "Degraded"), None)
+        if current is not None and current.get("reason") == "Forbidden" and current.get("message") == message:
+            return
+        condition = {"type": "Degraded", "status": "True", "reason": "Forbidden", "message": message,
+                     "lastTransitionTime": iso_time(time.time()), "observedGeneration": meta.get("generation")}
+        conditions = [c for c in old.get("conditions", []) if c.get("type") != "Degraded"] + [condition]
+        try:
+            fresh = self.cache.campaign((meta["namespace"], meta["name"])) or body
+            self._patch_status(custom, fresh["metadata"], {"conditions": conditions})
+        except ApiException as patch_error:  # the status itself may be forbidden: the log has it
+            log.warning("could not record the refusal on the campaign: %s", _reason(patch_error))
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def indexed_jobs(self) -> bool:
+        """Does this API server run Indexed Jobs (multi-node runs)? Asked once per operator process."""
+        if self._indexed is None:
+            from kubernetes import client
+
+            info = client.VersionApi().get_code()
+            version = (int(info.major.rstrip("+") or 0), int(info.minor.rstrip("+") or 0))
+            self._indexed = version >= jobs.INDEXED_JOBS_SINCE
+            self._server = f"{info.major}.{info.minor}"
+        return self._indexed
+
+    def _multi_node_unavailable(self, body: dict[str, Any], custom: Any, spec: TrainingCampaignSpec,
+                                generation: int | None) -> bool:
+        """Degrade cleanly: the campaign waits (Pending, nothing launched, nothing spent) with a condition that
+        says why and what to change; editing the spec or upgrading the server lets it go on."""
+        meta, old = body["metadata"], body.get("status") or {}
+        pool = spec.gpu_pool
+        since = ".".join(map(str, jobs.INDEXED_JOBS_SINCE))
+        message = (f"spec.gpuPool.gpusPerRun: {pool.gpus_per_run} GPUs span {pool.nodes_per_run} nodes of "
+                   f"{pool.gpus_per_node}, which needs Indexed Jobs (Kubernetes {since}+); this API server is "
+                   f"{self._server}: lower gpusPerRun to at most {pool.gpus_per_node}, or upgrade the cluster")
+        current = next((c for c in old.get("conditions", []) if c.get("type") == "MultiNodeUnavailable"), None)
+        if current is not None and current.get("observedGeneration") == generation:
+            return True
+        condition = {"type": "MultiNodeUnavailable", "status": "True", "reason": "IndexedJobsUnavailable",
+                     "message": message, "lastTransitionTime": iso_time(time.time()), "observedGeneration": generation}
+        conditions = [c for c in old.get("conditions", []) if c.get("type") != "MultiNodeUnavailable"] + [condition]
+        status: dict[str, Any] = {"conditions": conditions, "observedGeneration": generation, "message": message}
+        if not old.get("phase"):
+            status["phase"] = "Pending"
+        self._patch_status(custom, meta, status)
+        return True
+
+    def _invalid(self, body: dict[str, Any], custom: Any, message: str, generation: int | None) -> bool:
+        """A spec the schema let through but the models refuse (an unknown GPU without peakFlops, dollars without
+        a price). Before anything ran the campaign fails; once runs exist it pauses instead (condition SpecValid
+        False: nothing new is launched, results wait in the Pods) until the spec is fixed."""
+        meta = body["metadata"]
+        old = body.get("status") or {}
+        started = bool(old.get("plan")) and old.get("phase") not in TERMINAL
+        kind = "SpecValid" if started else "Failed"
+        current = next((c for c in old.get("conditions", []) if c.get("type") == kind), None)
+        if current is not None and current.get("observedGeneration") == generation and (
+                started or old.get("phase") == "Failed"):
+            return True
+        condition = {"type": kind, "status": "False" if started else "True", "reason": "InvalidSpec",
+                     "message": message[:32768], "lastTransitionTime": iso_time(time.time()),
+                     "observedGeneration": generation}
+        conditions = [c for c in old.get("conditions", []) if c.get("type") != kind] + [condition]
+        status: dict[str, Any] = {"conditions": conditions, "observedGeneration": generation}
+        if not started:
+            status.update(phase="Failed", message=message[:32768])
+        self._patch_status(custom, meta, status)
+        return True
+
+    @staticmethod
+    def _spec_valid_again(status: TrainingCampaignStatus, generation: int | None, *, permitted: bool) -> None:
+        """The engine ran, so blocking conditions from earlier generations no longer hold; a refusal (Forbidden)
+        is cleared by a pass that needed no launch (one that launches may still be refused)."""
+        cleared = {"SpecValid": ("False", "True", "Valid", "the spec is valid again"),
+                   "MultiNodeUnavailable": ("True", "False", "Resolved", "every run fits the server's Job kinds")}
+        if permitted:
+            cleared["Degraded"] = ("True", "False", "Permitted", "the operator's permissions suffice again")
+        for i, c in enumerate(status.conditions):
+            if c.type == "Degraded" and c.reason != "Forbidden":
+                continue  # the engine's own Degraded (a degenerate fit) is the engine's to clear
+            if c.type in cleared and c.status == cleared[c.type][0]:
+                _, state, reason, message = cleared[c.type]
+                status.conditions[i] = c.model_copy(update={
+                    "status": state, "reason": reason, "message": message,
+                    "last_transition_time": iso_time(time.time()), "observed_generation": generation})
+
+    @staticmethod
+    def _budget_guard(spec: TrainingCampaignSpec, status: TrainingCampaignStatus) -> tuple[TrainingCampaignSpec, str]:
+        """A budget lowered below what is already spent and reserved is refused: the old limits stay."""
+        if status.plan is None:
+            return spec, ""
+        totals = ledger.totals(status.runs, ledger.Limits.of(spec.budget))
+        over = []
+        used_flops = totals.spent_flops + totals.reserved_flops
+        if spec.budget.flops is not None and used_flops > spec.budget.flops * (1 + 1e-9):
+            over.append(f"budget.flops {spec.budget.flops:.4g} < {totals.spent_flops + totals.reserved_flops:.4g} "
+                        "FLOPs spent and reserved")
+        if spec.budget.usd is not None and totals.spent_usd + totals.reserved_usd > spec.budget.usd + 1e-9:
+            over.append(f"budget.usd {spec.budget.usd:.2f} < ${totals.spent_usd + totals.reserved_usd:.2f} "
+                        "spent and reserved")
+        if not over:
+            return spec, ""
+        kept = status.ledger
+        budget = spec.budget.model_copy(update={
+            "flops": kept.budget_flops if spec.budget.flops is not None else None,
+            "usd": kept.budget_usd if spec.budget.usd is not None else None})
+        if budget.flops is None and budget.usd is None:
+            budget = budget.model_copy(update={"flops": kept.budget_flops})
+        message = "; ".join(over) + f"; keeping the previous limits ({budget.flops or 0:.4g} FLOPs" + (
+            f", ${budget.usd:.2f})" if budget.usd else ")")
+        return spec.model_copy(update={"budget": budget}), message
+
+    @staticmethod
+    def _budget_condition(status: TrainingCampaignStatus, refused: str, generation: int | None) -> None:
+        existing = next((c for c in status.conditions if c.type == "BudgetBelowSpent"), None)
+        if not refused and existing is None:
+            return
+        state = "True" if refused else "False"
+        if existing is not None and existing.status == state and existing.message == (refused or existing.message):
+            return
+        condition = Condition(type="BudgetBelowSpent", status=state,  # type: ignore[arg-type]
+                              reason="Refused" if refused else "Accepted",
+                              message=refused or "the budget covers what is spent and reserved",
+                              last_transition_time=iso_time(time.time()), observed_generation=generation)
+        status.conditions = [c for c in status.conditions if c.type != "BudgetBelowSpent"] + [condition]
+
+    @staticmethod
+    def _post(core: Any, body: dict[str, Any], events: list[tuple[str, str]]) -> None:
+        """Kubernetes Events on the campaign, one per engine event (best effort: they are for people)."""
+        meta = body["metadata"]
+        now = datetime.datetime.now(tz=datetime.UTC)
+        for reason, message in events:
+            event = {
+                "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+                "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": meta["name"],
+                                   "namespace": meta["namespace"], "uid": meta["uid"],
+                                   "resourceVersion": meta.get("resourceVersion")},
+                "reason": reason[:128], "message": message[:1024],
+                "type": "Warning" if reason in ("RunFailed", "RunLost", "Failed", "LaunchRejected") else "Normal",
+                "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "count": 1, "source": {"component": "flopwise-operator"},
+                "reportingComponent": "flopwise.dev/operator", "reportingInstance": "flopwise-operator",
+            }
+            try:
+                core.create_namespaced_event(meta["namespace"], event)
+            except Exception as error:  # events must never stop a reconcile
+                log.warning("could not post event %s: %s", reason, error)

@@ -1,0 +1,130 @@
+"""A work queue of campaign keys, in the manner of client-go's: watch events only *mark* a campaign dirty; a few
+worker threads reconcile dirty campaigns, one worker per campaign at a time.
+
+Why: a burst of Pod and Job events (a Job created, its Pod created, scheduled, finished, the Job completed) is
+one reconcile, not one per event; a campaign marked again while a worker holds it is served once more right
+after. New campaigns (nothing planned yet) go first, so a large backlog of finished runs never delays an apply.
+A failed pass is retried with exponential back-off per campaign (1 s … 60 s), never in a tight loop.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable
+
+log = logging.getLogger("flopwise.operator")
+
+URGENT, NORMAL = 0, 1
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 1.0, 60.0
+
+
+class WorkQueue:
+    """Dirty keys served by ``workers`` threads calling ``handle(key)``; ``gate()`` False holds every worker
+    (a replica that is not the leader keeps its caches warm but acts on nothing)."""
+
+    def __init__(self, handle: Callable[[Hashable], None], *, workers: int = 4,
+                 gate: Callable[[], bool] = lambda: True, on_depth: Callable[[int], None] = lambda _n: None):
+        self._handle, self._gate, self._on_depth = handle, gate, on_depth
+        self._workers = workers
+        self._cond = threading.Condition()
+        self._heap: list[tuple[int, int, Hashable]] = []  # (priority, order, key); stale entries skipped on pop
+        self._queued: dict[Hashable, int] = {}  # key → priority it is queued with
+        self._active: set[Hashable] = set()
+        self._again: dict[Hashable, int] = {}  # marked while a worker held it
+        self._delayed: list[tuple[float, int, Hashable]] = []  # (due, order, key)
+        self._failures: dict[Hashable, int] = {}
+        self._order = itertools.count()
+        self._stopped = False
+        self._threads: list[threading.Thread] = []
+
+    # ------------------------------------------------------------------------------------------- adding
+    def add(self, key: Hashable, priority: int = NORMAL) -> None:
+        with self._cond:
+            self._add_locked(key, priority)
+
+    def _add_locked(self, key: Hashable, priority: int) -> None:
+        if key in self._active:
+            self._again[key] = min(priority, self._again.get(key, priority))
+            return
+        current = self._queued.get(key)
+        if current is not None and current <= priority:
+            return
+        self._queued[key] = priority
+        heapq.heappush(self._heap, (priority, next(self._order), key))
+        self._on_depth(len(self._queued))
+        self._cond.notify()
+
+    def add_after(self, key: Hashable, delay_s: float) -> None:
+        with self._cond:
+            heapq.heappush(self._delayed, (time.monotonic() + delay_s, next(self._order), key))
+            self._cond.notify_all()
+
+    def depth(self) -> int:
+        with self._cond:
+            return len(self._queued)
+
+    def wake(self) -> None:
+        """The gate may have opened (leadership acquired): let the workers look again."""
+        with self._cond:
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------------------------------------ serving
+    def start(self, workers: int | None = None) -> None:
+        self._workers = workers or self._workers
+        for i in range(self._workers):
+            thread = threading.Thread(target=self._work, name=f"flopwise-worker-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def _next(self) -> Hashable | None:
+        with self._cond:
+            while not self._stopped:
+                now = time.monotonic()
+                while self._delayed and self._delayed[0][0] <= now:
+                    _, _, key = heapq.heappop(self._delayed)
+                    self._add_locked(key, NORMAL)
+                if self._gate():
+                    while self._heap:
+                        priority, _, key = heapq.heappop(self._heap)
+                        if self._queued.get(key) != priority:
+                            continue  # superseded by a more urgent entry for the same key
+                        del self._queued[key]
+                        self._active.add(key)
+                        self._on_depth(len(self._queued))
+                        return key
+                timeout = self._delayed[0][0] - now if self._delayed else None
+                if not self._gate():
+                    timeout = min(timeout or 1.0, 1.0)  # the gate has no event of its own: look again soon
+                self._cond.wait(timeout)
+            return None
+
+    def _work(self) -> None:
+        while (key := self._next()) is not None:
+            failed = False
+            try:
+                self._handle(key)
+            except Exception:
+                failed = True
+                log.exception("reconciling %s failed", key)
+            with self._cond:
+                self._active.discard(key)
+                if failed:
+                    n = self._failures.get(key, 0)
+                    self._failures[key] = n + 1
+                    delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** n)
+                    heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._order), key))
+                    self._cond.notify_all()
+                else:
+                    self._failures.pop(key, None)
+                again = self._again.pop(key, None)
+                if again is not None:
+                    self._add_locked(key, again)

@@ -1,0 +1,187 @@
+"""The operator's work queue and watch cache, in-process (the cluster tests drive them end to end)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from flopwise.kube import jobs
+from flopwise.kube.cache import RunCache, compact_pod
+from flopwise.kube.executor import KubernetesExecutor
+from flopwise.kube.workqueue import URGENT, WorkQueue
+
+
+def _wait(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def test_marks_of_a_busy_campaign_coalesce_into_one_more_pass() -> None:
+    calls: list[str] = []
+    release = threading.Event()
+
+    def handle(key):
+        calls.append(key)
+        if len(calls) == 1:
+            release.wait(5)
+
+    queue = WorkQueue(handle, workers=3)
+    queue.start()
+    queue.add("a")
+    _wait(lambda: calls == ["a"])
+    for _ in range(50):  # a burst of Pod events while the first pass runs
+        queue.add("a")
+    release.set()
+    _wait(lambda: len(calls) == 2)
+    time.sleep(0.2)
+    assert calls == ["a", "a"]
+    queue.stop()
+
+
+def test_one_campaign_is_never_reconciled_by_two_workers_at_once() -> None:
+    inside: dict[str, int] = {}
+    worst = [0]
+    lock = threading.Lock()
+    done = []
+
+    def handle(key):
+        with lock:
+            inside[key] = inside.get(key, 0) + 1
+            worst[0] = max(worst[0], inside[key])
+        time.sleep(0.002)
+        with lock:
+            inside[key] -= 1
+        done.append(key)
+
+    queue = WorkQueue(handle, workers=8)
+    queue.start()
+    for i in range(400):
+        queue.add(f"c{i % 5}")
+    _wait(lambda: queue.depth() == 0 and all(v == 0 for v in inside.values()))
+    assert worst[0] == 1
+    assert set(done) == {f"c{i}" for i in range(5)}
+    queue.stop()
+
+
+def test_new_campaigns_jump_the_backlog() -> None:
+    order: list[str] = []
+    gate = threading.Event()
+    queue = WorkQueue(order.append, workers=1, gate=gate.is_set)
+    for i in range(20):
+        queue.add(f"old-{i}")
+    queue.add("new", URGENT)
+    queue.add("old-3", URGENT)  # re-marked as urgent: moves up, served once
+    queue.start()
+    gate.set()
+    queue.wake()
+    _wait(lambda: len(order) == 21)
+    assert order[:2] == ["new", "old-3"] and order.count("old-3") == 1
+    queue.stop()
+
+
+def test_a_failing_pass_backs_off_instead_of_spinning() -> None:
+    times: list[float] = []
+
+    def handle(key):
+        times.append(time.monotonic())
+        raise RuntimeError("API server away")
+
+    queue = WorkQueue(handle, workers=2)
+    queue.start()
+    queue.add("a")
+    _wait(lambda: len(times) >= 3, timeout=10)
+    queue.stop()
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert gaps[0] >= 0.9 and gaps[1] >= 1.9, gaps  # 1 s, then 2 s
+
+
+def test_a_gated_queue_acts_on_nothing_until_it_leads() -> None:
+    seen: list[str] = []
+    leading = threading.Event()
+    queue = WorkQueue(seen.append, workers=2, gate=leading.is_set)
+    queue.start()
+    queue.add("a")
+    time.sleep(0.3)
+    assert seen == []
+    leading.set()
+    queue.wake()
+    _wait(lambda: seen == ["a"])
+    queue.stop()
+
+
+# ------------------------------------------------------------------------------------------------ cache
+def _pod(uid: str, run_id: str, campaign_uid: str = "cu", phase: str = "Pending", terminated: dict | None = None,
+         **extra) -> dict:
+    status = {"phase": phase, "conditions": [{"type": "PodScheduled", "status": "True"}], **extra}
+    if terminated is not None:
+        status["containerStatuses"] = [{"name": jobs.CONTAINER, "image": "x", "imageID": "",
+                                        "state": {"terminated": terminated}}]
+    return {"metadata": {"uid": uid, "name": f"p-{uid}", "labels": {"big": "x" * 1000},
+                         "annotations": {jobs.ANNOTATION_RUN_ID: run_id, jobs.ANNOTATION_CAMPAIGN_UID: campaign_uid,
+                                         jobs.ANNOTATION_CAMPAIGN: "c", "other": "y" * 1000}},
+            "spec": {"containers": [{"name": jobs.CONTAINER, "image": "x" * 500}]}, "status": status}
+
+
+def test_the_cache_keeps_only_what_observation_reads_and_says_when_that_changed() -> None:
+    cache = RunCache()
+    assert cache.put_pod(_pod("p1", "ladder-00"))
+    assert not cache.put_pod(_pod("p1", "ladder-00", podIP="10.0.0.1"))  # scheduling detail: no news
+    assert cache.put_pod(_pod("p1", "ladder-00", phase="Running"))
+    kept = compact_pod(_pod("p1", "ladder-00", phase="Succeeded", terminated={"exitCode": 0, "message": "m" * 99999}))
+    assert len(kept["status"]["containerStatuses"][0]["state"]["terminated"]["message"]) == 4 * 4096
+    assert len(str(kept)) < 17_000 and "big" not in str(kept)
+    assert cache.put_pod(_pod("p1", "ladder-00", phase="Succeeded", terminated={"exitCode": 0, "message": "{}"}))
+    found_jobs, pods = cache.runs_of("cu")
+    assert found_jobs == {} and pods["ladder-00"][0]["status"]["phase"] == "Succeeded"
+    assert cache.put_pod(_pod("p1", "ladder-00"), deleted=True)
+    assert cache.runs_of("cu")[1] == {}
+    assert not cache.put_pod({"metadata": {"uid": "z", "annotations": {}}})  # not ours: ignored
+
+
+def test_an_older_campaign_version_never_replaces_a_newer_one() -> None:
+    cache = RunCache()
+    body = {"metadata": {"namespace": "n", "name": "c", "uid": "u", "resourceVersion": "20"}, "status": {"phase": "B"}}
+    cache.put_campaign(body)
+    cache.put_campaign({**body, "metadata": {**body["metadata"], "resourceVersion": "19"}, "status": {"phase": "A"}})
+    assert cache.campaign(("n", "c"))["status"]["phase"] == "B"
+    # a new campaign of the same name (another uid) replaces the old one whatever its version
+    cache.put_campaign({**body, "metadata": {**body["metadata"], "uid": "v", "resourceVersion": "5"}})
+    assert cache.campaign(("n", "c"))["metadata"]["uid"] == "v"
+
+
+class _Listing:
+    """The API side of the executor's confirming LIST (only counted and answered empty here)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.api_client = self
+
+    def sanitize_for_serialization(self, obj):
+        return obj
+
+    def _list(self, *_a, **_k):
+        self.calls += 1
+        return type("L", (), {"items": []})()
+
+    list_namespaced_job = list_namespaced_pod = list_namespaced_config_map = _list
+
+
+def test_the_cache_decides_running_and_succeeded_but_a_vanished_run_is_confirmed_by_listing() -> None:
+    from flopwise.api.status import RunRecord
+    from flopwise.contract import ModelShape
+
+    cache = RunCache()
+    api = _Listing()
+    job = {"metadata": {"name": "c-ladder-00", "annotations": {jobs.ANNOTATION_RUN_ID: "ladder-00",
+                                                                jobs.ANNOTATION_CAMPAIGN_UID: "cu"}}}
+    cache.put_job(job)
+    shape = ModelShape(nLayer=2, dModel=32, nHead=2, vocabSize=256, seqLen=64)
+    record = RunRecord(run_id="ladder-00", planned_id="ladder-00", role="ladder", state="Running", shape=shape,
+                       params=1, tokens=1, batch_size=1, steps=1, learning_rate=1e-3)
+    executor = KubernetesExecutor(api, api, namespace="n", campaign="c", uid="cu", spec=None, cache=cache)
+    assert [o.state for o in executor.observe([record])] == ["running"] and api.calls == 0
+    cache.put_job(job, deleted=True)
+    assert [o.state for o in executor.observe([record])] == ["absent"]  # nothing listed either: truly absent
+    assert api.calls == 3 and executor.listed
