@@ -10,6 +10,7 @@
 #   hack/control-plane.sh etcd      print the etcd binary
 #   hack/control-plane.sh kubectl   print the kubectl binary to use against the 1.20 server
 #   hack/control-plane.sh helm      extract (once) and print the Helm binary
+#   hack/control-plane.sh prometheus  install (once) Debian's prometheus and print the folder of prometheus/promtool
 set -euo pipefail
 
 CACHE_ROOT=${FLOPWISE_CACHE:-$HOME/.cache/flopwise}
@@ -240,11 +241,21 @@ PY
   echo "$dir/helm"
 }
 
+# Debian's prometheus (2.42): the server and promtool, for the metrics tests (a real scrape, promtool check metrics).
+# The tests start their own on free loopback ports (where installing starts Debian's service, it holds :9090).
+cmd_prometheus() {
+  ensure_pkgs prometheus
+  local f; f=$(command -v promtool || echo /usr/bin/promtool)
+  [[ -x $f && -x $(dirname "$f")/prometheus ]] || die "prometheus installed but promtool/prometheus not found"
+  dirname "$f"
+}
+
 case ${1:-} in
   build) cmd_build ;;
   paths) cmd_paths ;;
   etcd) cmd_etcd ;;
   kubectl) find_kubectl || die "no kubectl; run: $0 build" ;;
   helm) cmd_helm ;;
-  *) echo "usage: $0 {build|paths|etcd|kubectl|helm}" >&2; exit 2 ;;
+  prometheus) cmd_prometheus ;;
+  *) echo "usage: $0 {build|paths|etcd|kubectl|helm|prometheus}" >&2; exit 2 ;;
 esac

@@ -6,5 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
 bash hack/control-plane.sh build
+bash hack/control-plane.sh prometheus >/dev/null  # prometheus + promtool for the metrics tests
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"

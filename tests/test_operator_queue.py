@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -93,7 +94,7 @@ def test_a_failing_pass_backs_off_instead_of_spinning() -> None:
     queue.add("a")
     _wait(lambda: len(times) >= 3, timeout=10)
     queue.stop()
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps[0] >= 0.9 and gaps[1] >= 1.9, gaps  # 1 s, then 2 s
 
 

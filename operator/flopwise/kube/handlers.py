@@ -56,7 +56,7 @@ def _serve(key: Any) -> None:
         failed = False
     finally:
         metrics.observe_reconcile(time.perf_counter() - started, failed)
-    if status is not None:
+    if status is not None and CACHE.campaign(key) is not None:  # deleted meanwhile: its series stay gone
         metrics.observe_campaign(key[0], key[1], status)
 
 
