@@ -114,7 +114,7 @@ def test_deployment_args_are_options_the_operator_accepts(helm) -> None:
         args = operator_args(render(helm, *sets))
         ctx = command.make_context("operator", list(args))
         assert ctx.params["bootstrap_resamples"] == 200 and ctx.params["fit_grid"] == "hoffmann"
-        assert ctx.params["workers"] == 4
+        assert ctx.params["workers"] == 8
     ctx = command.make_context("operator", operator_args(render(helm)))
     assert ctx.params["leader_election"] and ctx.params["leader_election_namespace"] == NAMESPACE
     assert ctx.params["metrics_port"] == 9090 and ctx.params["namespaces"] == (NAMESPACE,)

@@ -33,7 +33,7 @@ import click
               help="namespace of the Lease (default: $POD_NAMESPACE, else the first --namespace)")
 @click.option("--leader-election-name", default="flopwise-operator", show_default=True, metavar="NAME",
               help="name of the Lease")
-@click.option("--workers", type=click.IntRange(min=1, max=64), default=4, show_default=True,
+@click.option("--workers", type=click.IntRange(min=1, max=64), default=8, show_default=True,
               help="reconcile threads (one campaign is never reconciled by two at once)")
 @click.option("--verbose", "-v", is_flag=True)
 def command(namespaces: tuple[str, ...], all_namespaces: bool, liveness: str | None, metrics_address: str,

@@ -8,7 +8,6 @@ is the part that talks to the API server about one campaign.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import time
 from collections.abc import Callable
@@ -18,13 +17,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from flopwise.api.load import describe
-from flopwise.api.spec import GROUP, KIND, PLURAL, VERSION, TrainingCampaignSpec
+from flopwise.api.spec import GROUP, PLURAL, VERSION, TrainingCampaignSpec
 from flopwise.api.status import Condition, TrainingCampaignStatus
 from flopwise.engine import ledger
 from flopwise.engine.machine import EngineOptions, campaign_seed, iso_time, reconcile
 from flopwise.engine.runspec import run_spec_for
 from flopwise.kube import jobs
 from flopwise.kube.cache import CampaignKey, RunCache
+from flopwise.kube.events import EventPoster
 from flopwise.kube.executor import KubernetesExecutor, _reason
 
 log = logging.getLogger("flopwise.operator")
@@ -47,7 +47,7 @@ class Settings:
     options: EngineOptions = field(default_factory=EngineOptions)
     kubeconfig: str | None = None
     scanning: bool = True  # kopf watches CRDs and namespaces (cluster-wide RBAC); off for plain --namespace lists
-    workers: int = 4  # reconcile threads (API calls are I/O: a few suffice; one campaign never runs on two)
+    workers: int = 8  # reconcile threads (API calls are I/O: a few suffice; one campaign never runs on two)
     leader_election: tuple[str, str] | None = None  # (namespace, Lease name) when replicas elect a leader
 
 
@@ -94,10 +94,12 @@ class Reconciler:
         self._forbidden: dict[str, set[str]] = {}  # campaign uid → run ids whose Job create got 403
         self._written: dict[CampaignKey, str] = {}  # the resourceVersion of our latest status write
         self._verify: set[CampaignKey] = set()  # observe by listing next time (the periodic resync)
+        self._deferred: dict[CampaignKey, tuple[Any, ...]] = {}  # a new campaign's launches after its first
         self._indexed: bool | None = None
         self._server = "unknown"
         # asks for another pass: set by the work queue's owner (handlers.py)
         self.requeue: Callable[[CampaignKey], None] = lambda _key: None
+        self.events = EventPoster()
 
     def apis(self) -> tuple[Any, Any, Any]:
         if self._api is None:
@@ -107,7 +109,13 @@ class Reconciler:
                 config.load_incluster_config()
             except config.ConfigException:
                 config.load_kube_config(config_file=SETTINGS.kubeconfig)
-            self._api = (client.CustomObjectsApi(), client.CoreV1Api(), client.BatchV1Api())
+            configuration = client.Configuration.get_default_copy()
+            # one connection per worker (and the event poster), or workers queue for the client's pool
+            configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0,
+                                                        SETTINGS.workers + 2)
+            api_client = client.ApiClient(configuration)
+            self._api = (client.CustomObjectsApi(api_client), client.CoreV1Api(api_client),
+                         client.BatchV1Api(api_client))
         return self._api
 
     def wrote(self, key: CampaignKey, resource_version: str | None) -> bool:
@@ -119,6 +127,7 @@ class Reconciler:
 
     def forget(self, key: CampaignKey, uid: str | None) -> None:
         self._written.pop(key, None)
+        self._deferred.pop(key, None)
         self._verify.discard(key)
         if uid:
             self._rejected.pop(uid, None)
@@ -134,6 +143,19 @@ class Reconciler:
         custom, core, batch = self.apis()
         namespace, name = key
         body = self.cache.campaign(key)
+        deferred = self._deferred.pop(key, None)
+        if deferred is not None and body is not None and not body["metadata"].get("deletionTimestamp"):
+            executor, records, spec, status = deferred
+            try:
+                refused = self._launch(executor, records, spec, status)
+            except ApiException as error:
+                if error.status == 403:
+                    self._show_forbidden(body, custom, error)
+                raise
+            self.events.post(core, body["metadata"], refused)
+            if refused:
+                self.requeue(key)  # a refused Job makes no watch event: the engine must hear of it
+            return status  # the created Jobs' watch events bring the next pass
         for _ in range(CONFLICT_RETRIES):
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return None
@@ -197,17 +219,29 @@ class Reconciler:
             # Our own write's watch echo is not news, so look once more ourselves: a pass that changed something
             # may enable the next step (a refused Job, say, produces no event at all).
             self.requeue(key)
-        plan = new.plan
-        for record in decision.launches:
-            assert plan is not None
-            run_spec = run_spec_for(record, spec, plan, campaign=name, data_path=jobs.data_path(spec),
-                                    output_dir=jobs.output_dir(record.run_id))
-            rejected.pop(record.run_id, None)
-            executor.launch(record, run_spec)
-            if record.run_id in rejected:
-                decision.events.append(("LaunchRejected", f"{record.run_id}: {rejected[record.run_id]}"))
-        self._post(core, body, decision.events)
+        launches = decision.launches
+        if not old.get("plan") and len(launches) > 1:
+            # A new campaign: its first Job now, the rest on its next pass (queued behind every other new
+            # campaign's first pass), so a burst of applies each sees a Job within moments. Safe at any crash:
+            # runs persisted Running without a Job are observed absent and launched.
+            launches, self._deferred[key] = launches[:1], (executor, launches[1:], spec, new)
+        decision.events += self._launch(executor, launches, spec, new)
+        self.events.post(core, body["metadata"], decision.events)
         return new
+
+    def _launch(self, executor: KubernetesExecutor, records: list[Any], spec: TrainingCampaignSpec,
+                status: TrainingCampaignStatus) -> list[tuple[str, str]]:
+        """ConfigMap + Job per record (idempotent); the events of Jobs the API server refused."""
+        events = []
+        assert status.plan is not None
+        for record in records:
+            run_spec = run_spec_for(record, spec, status.plan, campaign=executor.campaign,
+                                    data_path=jobs.data_path(spec), output_dir=jobs.output_dir(record.run_id))
+            executor.rejected.pop(record.run_id, None)
+            executor.launch(record, run_spec)
+            if record.run_id in executor.rejected:
+                events.append(("LaunchRejected", f"{record.run_id}: {executor.rejected[record.run_id]}"))
+        return events
 
     def _patch_status(self, custom: Any, meta: dict[str, Any], status_patch: dict[str, Any]) -> None:
         """A status merge patch guarded by the resourceVersion we read; the answer refreshes the cache and is
@@ -352,26 +386,3 @@ class Reconciler:
                               message=refused or "the budget covers what is spent and reserved",
                               last_transition_time=iso_time(time.time()), observed_generation=generation)
         status.conditions = [c for c in status.conditions if c.type != "BudgetBelowSpent"] + [condition]
-
-    @staticmethod
-    def _post(core: Any, body: dict[str, Any], events: list[tuple[str, str]]) -> None:
-        """Kubernetes Events on the campaign, one per engine event (best effort: they are for people)."""
-        meta = body["metadata"]
-        now = datetime.datetime.now(tz=datetime.UTC)
-        for reason, message in events:
-            event = {
-                "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-                "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": meta["name"],
-                                   "namespace": meta["namespace"], "uid": meta["uid"],
-                                   "resourceVersion": meta.get("resourceVersion")},
-                "reason": reason[:128], "message": message[:1024],
-                "type": "Warning" if reason in ("RunFailed", "RunLost", "Failed", "LaunchRejected") else "Normal",
-                "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "count": 1, "source": {"component": "flopwise-operator"},
-                "reportingComponent": "flopwise.dev/operator", "reportingInstance": "flopwise-operator",
-            }
-            try:
-                core.create_namespaced_event(meta["namespace"], event)
-            except Exception as error:  # events must never stop a reconcile
-                log.warning("could not post event %s: %s", reason, error)
