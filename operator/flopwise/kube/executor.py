@@ -202,7 +202,7 @@ class KubernetesExecutor:
                     raise
         job = jobs.run_job(self.campaign, self.uid, self.namespace, record, self.spec)
         try:
-            self.batch.create_namespaced_job(self.namespace, job)
+            created = self.batch.create_namespaced_job(self.namespace, job)
         except ApiException as error:
             if error.status == 403:  # RBAC: not a fault of the run; launched again once permitted
                 self.forbidden.add(record.run_id)
@@ -216,6 +216,8 @@ class KubernetesExecutor:
             log.info("adopted Job %s/%s for run %s", self.namespace, job["metadata"]["name"], record.run_id)
             return False
         self.forbidden.discard(record.run_id)
+        if self.cache is not None:  # known at once, not when the watch brings it: the next pass lists nothing
+            self.cache.put_job(_to_dict(self.batch, created))
         log.info("created Job %s/%s for run %s", self.namespace, job["metadata"]["name"], record.run_id)
         return True
 
