@@ -60,16 +60,45 @@ TARGET_IDLE_CPU_S = 0.5  # "near zero": under 2.5 % of one core over a 20 s wind
 
 
 # ----------------------------------------------------------------------------------------------- the campaign
-def campaign_doc(name: str, namespace: str, concurrency: int) -> dict:
-    """tiny-campaign.yaml, renamed, widened to 6 ladder sizes × 10 LR points × 4 Round-2 reruns (20 runs)."""
+def campaign_doc(name: str, namespace: str, concurrency: int, ladder_sizes: int = 6, lr_points: int = 10,
+                 round2_runs: int = 4) -> dict:
+    """tiny-campaign.yaml, renamed, widened by default to 6 ladder sizes × 10 LR points × 4 Round-2 reruns."""
     doc = yaml.safe_load((ROOT / "tests" / "data" / "tiny-campaign.yaml").read_text())
     doc["metadata"] = {"name": name, "namespace": namespace}
     doc["spec"]["dataset"] = {"path": "/datasets/tiny", "claimName": "tiny-tokens"}
     doc["spec"]["gpuPool"]["maxConcurrentGpus"] = concurrency
-    doc["spec"]["ladder"]["sizes"] = 6
-    doc["spec"]["tuning"]["lrGridPoints"] = 10
-    doc["spec"]["tuning"]["round2Runs"] = 4
+    doc["spec"]["ladder"]["sizes"] = ladder_sizes
+    doc["spec"]["tuning"]["lrGridPoints"] = lr_points
+    doc["spec"]["tuning"]["round2Runs"] = round2_runs
     return doc
+
+
+def histogram_quantile(text: str, name: str, q: float) -> float:
+    """Prometheus' histogram_quantile over one un-labelled histogram in a text exposition."""
+    buckets = []
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket{{"):
+            le = re.search(r'le="([^"]+)"', line).group(1)
+            buckets.append((math.inf if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+    buckets.sort()
+    if not buckets or buckets[-1][1] == 0:
+        return math.nan
+    rank = q * buckets[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / max(count - lower_count, 1e-12)
+        lower_bound, lower_count = bound, count
+    return math.nan
+
+
+def metric_value(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{}"):
+            return float(line.rsplit(" ", 1)[1])
+    return math.nan
 
 
 
@@ -94,11 +123,13 @@ def proc_mem_mb(pid: int) -> tuple[float, float]:
 class Operator:
     def __init__(self, cp: ControlPlane, namespace: str, log: Path, resamples: int, grid: str):
         self.port = free_port()
+        self.metrics_port = free_port()
         env = cp.env()
         env["PYTHONPATH"] = str(ROOT / "operator")
         self.cmd = [sys.executable, "-m", "flopwise.cli.operator_cmd", "--namespace", namespace,
                     "--bootstrap-resamples", str(resamples), "--fit-grid", grid,
-                    "--liveness", f"http://127.0.0.1:{self.port}/healthz"]
+                    "--liveness", f"http://127.0.0.1:{self.port}/healthz",
+                    "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port)]
         self.log = log
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -114,6 +145,12 @@ class Operator:
                                                                    timeout=2) as r:
             return r.status == 200
         return False
+
+    def scrape(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
+            return r.read().decode()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -330,6 +367,9 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=4, help="gpuPool.maxConcurrentGpus of each campaign")
     ap.add_argument("--timeout", type=float, default=900.0, help="wall-clock cap from the first create (s)")
     ap.add_argument("--idle", type=float, default=20.0, help="idle window after every campaign is terminal (s)")
+    ap.add_argument("--ladder-sizes", type=int, default=6, help="spec.ladder.sizes of each campaign")
+    ap.add_argument("--lr-points", type=int, default=10, help="spec.tuning.lrGridPoints of each campaign")
+    ap.add_argument("--round2-runs", type=int, default=4, help="spec.tuning.round2Runs of each campaign")
     ap.add_argument("--bootstrap-resamples", type=int, default=8)
     ap.add_argument("--fit-grid", choices=["coarse", "hoffmann"], default="coarse")
     ap.add_argument("--keep", action="store_true", help="keep the control plane's folder and the operator log")
@@ -339,7 +379,8 @@ def main() -> int:
     count_client_requests()
     from kubernetes import client, config
 
-    doc0 = campaign_doc("c000", "x", args.concurrency)
+    shape = {"ladder_sizes": args.ladder_sizes, "lr_points": args.lr_points, "round2_runs": args.round2_runs}
+    doc0 = campaign_doc("c000", "x", args.concurrency, **shape)
     plan = plan_campaign(TrainingCampaignSpec.model_validate(doc0["spec"]))
     per_phase = [len(p.runs) for p in (plan.ladder, plan.round1, plan.round2, plan.final)]
     planned = sum(per_phase)
@@ -413,7 +454,7 @@ def main() -> int:
         names = [f"c{i:03d}" for i in range(n)]
         for name in names:
             custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, campaign_doc(name, ns,
-                                                                                            args.concurrency))
+                                                                                            args.concurrency, **shape))
             applied[name] = time.time()
         print(f"created {n} campaigns in {time.monotonic() - t_start:.2f} s")
 
@@ -476,6 +517,11 @@ def main() -> int:
         sampler.stopped.set()
         api_sampler.stopped.set()
         peak_rss = max(sampler.hwm, proc_mem_mb(op.pid)[1])
+        exposition = op.scrape()  # the operator's own account of its reconciles
+        reconcile_p50 = histogram_quantile(exposition, "flopwise_reconcile_duration_seconds", 0.5)
+        reconcile_p95 = histogram_quantile(exposition, "flopwise_reconcile_duration_seconds", 0.95)
+        reconciles = metric_value(exposition, "flopwise_reconcile_duration_seconds_count")
+        reconcile_errors = metric_value(exposition, "flopwise_reconcile_errors_total")
 
         # ------------------------------------------------------------------ figures
         first_seen: dict[str, float] = {}
@@ -549,6 +595,10 @@ def main() -> int:
             ("  of which controller-manager (est.)", f"{kcm / n:.0f}", "-", None),
             ("  of which background (idle rate)", f"{background / n:.0f}", "-", None),
             ("  operator (remainder)", f"{operator_req / n:.0f}", "-", None),
+            ("operator API requests / s (run average)", f"{operator_req / wall:.1f}", "-", None),
+            ("reconcile passes (operator metrics)", f"{reconciles:.0f} ({reconciles / max(1, total_jobs):.1f} per "
+             f"Job), errors {reconcile_errors:.0f}", "-", None),
+            ("reconcile duration p50 / p95", f"{reconcile_p50 * 1000:.0f} / {reconcile_p95 * 1000:.0f} ms", "-", None),
             ("API 409 conflicts (all clients)", f"{conflicts:.0f} {conflict_by or ''}", "-", None),
             ("kube-apiserver CPU, whole run", f"{api_cpu_run:.0f} s", "-", None),
             ("pod finished → next Job p50/p95", f"{pct(reaction, 50):.2f} / {pct(reaction, 95):.2f} s", "-", None),

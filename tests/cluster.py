@@ -30,6 +30,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "hack" / "control-plane.sh"
@@ -102,6 +103,7 @@ class ControlPlane:
         self.kubeconfig = self.workdir / "admin.kubeconfig"
         self.procs: dict[str, subprocess.Popen] = {}
         self.timings: dict[str, float] = {}
+        self.audit_log: Path | None = None  # set by enable_audit_log()
         self._started = False
         self._closed = False
 
@@ -317,11 +319,34 @@ class ControlPlane:
                 "--authorization-mode=RBAC",
                 "--service-cluster-ip-range=10.96.0.0/12",
                 "--profiling=false",
+                *self._audit_args(),
             ],
         )
         self._wait("kube-apiserver", self.apiserver_ready, "/readyz")
         if not self.kubeconfig.exists():
             self.write_kubeconfig(self.kubeconfig, self.admin_token, user="admin")
+
+    # A Metadata-level policy for ServiceAccounts only (who called which verb on which resource, never a body):
+    # what a test needs to compare an operator's real calls with its RBAC rules.
+    AUDIT_POLICY: ClassVar[dict] = {
+        "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+        "rules": [{"level": "Metadata", "userGroups": ["system:serviceaccounts"]}, {"level": "None"}]}
+
+    def _audit_args(self) -> list[str]:
+        if self.audit_log is None:
+            return []
+        policy = self.workdir / "audit-policy.json"
+        policy.write_text(json.dumps(self.AUDIT_POLICY))
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
+                "--audit-log-mode=blocking", "--audit-log-maxsize=0"]
+
+    def enable_audit_log(self) -> Path:
+        """Opt-in: restarts kube-apiserver (same port and state) with an audit log of every ServiceAccount
+        request at Metadata level, one JSON event per line; it stays on across later restarts."""
+        if self.audit_log is None:
+            self.audit_log = self.workdir / "audit.log"
+            self.restart_apiserver()
+        return self.audit_log
 
     def apiserver_ready(self) -> bool:
         return self._get(f"{self.server}/readyz", self.admin_token)[0] == 200

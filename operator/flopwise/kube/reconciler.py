@@ -215,7 +215,7 @@ class Reconciler:
         document = status_document(new)
         if document != old or decision.launches:
             # Persist first (a 409 means someone wrote meanwhile: nothing was launched, start over).
-            self._patch_status(custom, meta, merge_patch(old, document))
+            self._persist(custom, body, merge_patch(old, document))
             # Our own write's watch echo is not news, so look once more ourselves: a pass that changed something
             # may enable the next step (a refused Job, say, produces no event at all).
             self.requeue(key)
@@ -232,9 +232,9 @@ class Reconciler:
     def _launch(self, executor: KubernetesExecutor, records: list[Any], spec: TrainingCampaignSpec,
                 status: TrainingCampaignStatus) -> list[tuple[str, str]]:
         """ConfigMap + Job per record (idempotent); the events of Jobs the API server refused."""
-        events = []
-        assert status.plan is not None
+        events: list[tuple[str, str]] = []
         for record in records:
+            assert status.plan is not None  # launches exist only once a plan does
             run_spec = run_spec_for(record, spec, status.plan, campaign=executor.campaign,
                                     data_path=jobs.data_path(spec), output_dir=jobs.output_dir(record.run_id))
             executor.rejected.pop(record.run_id, None)
@@ -242,6 +242,32 @@ class Reconciler:
             if record.run_id in executor.rejected:
                 events.append(("LaunchRejected", f"{record.run_id}: {executor.rejected[record.run_id]}"))
         return events
+
+    def _persist(self, custom: Any, body: dict[str, Any], status_patch: dict[str, Any]) -> None:
+        """The engine's status write. On a conflict, a campaign whose spec and status are as this pass read them
+        (another writer touched only labels or annotations) gets the same patch again at its new
+        resourceVersion: recomputing (a fit may take seconds) would lose every race to a frequent writer.
+        Anything else raises the 409 and the pass starts over from a fresh read."""
+        from kubernetes.client.exceptions import ApiException
+
+        meta = body["metadata"]
+        for _ in range(CONFLICT_RETRIES * 2):
+            try:
+                self._patch_status(custom, meta, status_patch)
+                return
+            except ApiException as error:
+                if error.status != 409:
+                    raise
+                fresh = custom.get_namespaced_custom_object(GROUP, VERSION, meta["namespace"], PLURAL, meta["name"])
+                self.cache.put_campaign(fresh)
+                same = (fresh.get("spec") == body.get("spec") and fresh.get("status") == body.get("status")
+                        and fresh["metadata"].get("generation") == meta.get("generation")
+                        and not fresh["metadata"].get("deletionTimestamp"))
+                if not same:
+                    raise
+                meta = fresh["metadata"]
+        raise RuntimeError(f"campaign {meta['namespace']}/{meta['name']}: metadata keeps changing under the "
+                           "status write; retrying with back-off")
 
     def _patch_status(self, custom: Any, meta: dict[str, Any], status_patch: dict[str, Any]) -> None:
         """A status merge patch guarded by the resourceVersion we read; the answer refreshes the cache and is
