@@ -156,6 +156,11 @@ def test_a_finished_campaign_is_exposed_with_the_values_of_its_status(history) -
     assert value("flopwise_measured_mfu_ratio", **c) == median
     assert math.isclose(value("flopwise_weighted_mfu_ratio", **c), 0.2)  # elapsed = FLOPs / (0.2 × peak)
     assert value("flopwise_planned_mfu_ratio", **c) == 0.2
+    transfer, floor = final.tuning.transfer, final.noise_floor  # the synthetic best LR is the same at every width
+    assert transfer.verdict == "holds" and value("flopwise_lr_transfer_holds", **c) == 1.0
+    assert value("flopwise_target_learning_rate", **c) == transfer.learning_rate == final.recommendation.learning_rate
+    assert value("flopwise_target_learning_rate_ci_low", **c) == transfer.lr_low < transfer.learning_rate
+    assert value("flopwise_noise_floor_are_ratio", **c) == floor.floor_are
 
 
 def test_a_new_campaign_shows_only_what_its_status_says() -> None:

@@ -112,7 +112,9 @@ def test_campaign_launches_jobs_then_runs_to_success(crd, operator, apis) -> Non
                                             "name": "tiny", "uid": uid, "controller": True,
                                             "blockOwnerDeletion": True}]
         assert meta["labels"]["app.kubernetes.io/name"] == "flopwise-trainer"
-        assert meta["labels"]["flopwise.dev/campaign"] == "tiny" and meta["labels"]["flopwise.dev/phase"] == "ladder"
+        role = next(r.role for r in status.runs if r.run_id == run_id)
+        assert role in ("ladder", "seed")  # the Ladder phase: sizes, and seed replicas of the smallest
+        assert meta["labels"]["flopwise.dev/campaign"] == "tiny" and meta["labels"]["flopwise.dev/phase"] == role
         assert meta["labels"]["flopwise.dev/run"] == run_id
         assert spec["backoffLimit"] == 0 and spec["activeDeadlineSeconds"] >= 600
         pod = spec["template"]["spec"]

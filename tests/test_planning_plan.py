@@ -12,7 +12,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flopwise.api.load import parse_campaign
+from flopwise.api.load import CampaignError, parse_campaign
 from flopwise.contract import ModelShape
 from flopwise.planning.budget import Pool, binding_budget
 from flopwise.planning.plan import PlanError, plan_campaign
@@ -74,8 +74,11 @@ def test_cluster_example_plan_is_inside_its_budget_and_shares() -> None:
     for name, phase in plan.phases().items():
         assert phase.flops <= phase.allotted_flops * (1 + 1e-12), name
         assert phase.flops == pytest.approx(sum(r.flops for r in phase.runs))
-    sizes = [r.params for r in plan.ladder.runs]
+    sizes = [r.params for r in plan.ladder.runs if r.role == "ladder"]
     assert len(sizes) == 6 and sizes == sorted(sizes) and len(set(sizes)) == 6
+    seeds = [r for r in plan.ladder.runs if r.role == "seed"]  # ladder.seeds (default 3): two replicas
+    assert len(seeds) == 2 and all(r.shape == plan.ladder.runs[0].shape for r in seeds)
+    assert [r.seed_offset for r in seeds] == [1, 2]
     assert sizes[-1] < plan.target.params
     ratios = [b / a for a, b in itertools.pairwise(sizes)]
     assert max(ratios) / min(ratios) < 1.6, ratios  # log-uniform spacing, up to shape rounding
@@ -86,6 +89,14 @@ def test_cluster_example_plan_is_inside_its_budget_and_shares() -> None:
     # Round 1 is a learning-rate grid around the base guess; Round 2 has at most round2Runs runs
     lrs = sorted({r.learning_rate for r in plan.round1.runs})
     assert len(lrs) == 5 and lrs[2] == pytest.approx(campaign.spec.tuning.base_learning_rate)
+    # two proxy widths (tuning.proxyWidths, default 2): same depth, tokens and batch, the LR grid at each
+    widths = sorted({r.shape.d_model for r in plan.round1.runs})
+    assert len(widths) == 2 and widths[1] >= 4 * widths[0] * 0.9
+    assert len({(r.shape.n_layer, r.tokens, r.batch_size) for r in plan.round1.runs}) == 1
+    names = {s.name.split(" (")[0] for s in plan.studies}
+    assert names >= {"scaling ladder", "seed-noise floor", "Round 1 at the proxy", "LR transfer check"}
+    for study in plan.studies:  # each study says what it costs
+        assert study.runs > 0 and study.flops > 0
     assert 1 <= len(plan.round2.runs) <= 2
     assert plan.final.runs and plan.final.runs[0].params == plan.target.params
 
@@ -149,3 +160,35 @@ def test_any_plannable_budget_is_planned_within_budget(flops, ladder, round1, ro
     assert len(plan.ladder.runs) >= 5
     for phase in plan.phases().values():
         assert phase.flops <= phase.allotted_flops * (1 + 1e-9)
+
+
+def test_budget_that_cannot_pay_for_the_new_studies_drops_them_and_says_so() -> None:
+    """The seed replicas and the second proxy width are planned within their shares or dropped, in words."""
+    doc = example("quickstart.yaml")
+    doc["spec"]["ladder"]["seeds"] = 16
+    doc["spec"]["budget"]["split"] = {"ladder": 0.03, "round1": 0.002, "round2": 0.2, "final": 0.0}
+    plan = plan_campaign(parse_campaign(doc).spec)
+    assert any("15 seed replicas" in d for d in plan.dropped), plan.dropped
+    assert not [r for r in plan.ladder.runs if r.role == "seed"]
+    assert {r.shape.d_model for r in plan.round1.runs} == {16}
+    assert any("2 proxy widths asked, 1 planned" in d and "transfer check is skipped" in d for d in plan.dropped)
+    assert plan.planned_flops <= plan.budget_flops - plan.margin_flops
+    doc["spec"]["ladder"]["seeds"] = 3
+    doc["spec"]["budget"]["split"]["round1"] = 0.005  # enough for both widths: nothing dropped
+    plan = plan_campaign(parse_campaign(doc).spec)
+    assert not plan.dropped and len({r.shape.d_model for r in plan.round1.runs}) == 2
+    assert len([r for r in plan.ladder.runs if r.role == "seed"]) == 2
+
+
+def test_partial_check_needs_a_final_run_and_is_free() -> None:
+    doc = example("cluster-h100-50k.yaml")
+    doc["spec"]["final"] = {"enabled": False, "partialCheck": True}
+    with pytest.raises(CampaignError) as error:
+        parse_campaign(doc)
+    assert "spec.final.partialCheck" in str(error.value) and "final.enabled" in str(error.value)
+    doc["spec"]["final"] = {"enabled": True, "partialCheck": True}
+    plan = plan_campaign(parse_campaign(doc).spec)
+    plain = copy.deepcopy(doc)
+    plain["spec"]["final"] = {"enabled": True}
+    assert plan.final.flops == plan_campaign(parse_campaign(plain).spec).final.flops
+    assert any("partial check" in note for note in plan.final.notes)

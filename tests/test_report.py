@@ -17,6 +17,8 @@ from flopwise.api.status import (
     CurveSample,
     FittedLaw,
     LedgerTotals,
+    NoiseFloorStatus,
+    PartialCheckStatus,
     Plan,
     PlannedRun,
     Prediction,
@@ -24,7 +26,9 @@ from flopwise.api.status import (
     RunRecord,
     RunResult,
     TrainingCampaignStatus,
+    TransferStatus,
     TuningStatus,
+    WidthOptimum,
 )
 from flopwise.planning.laws import ScalingLaw
 from flopwise.planning.plan import plan_campaign
@@ -33,7 +37,7 @@ from flopwise.report import plots, write_report
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ALL_PLOTS = ("loss_vs_compute.png", "ladder_curves.png", "round1_sweep.png", "budget_burndown.png",
-             "round2_curves.png")
+             "round2_curves.png", "lr_transfer.png")
 TRUE_LAW = ScalingLaw(E=1.05, A=21.0, B=24.0, alpha=0.36, beta=0.31)
 OTHER_LAW = ScalingLaw(E=0.8, A=35.0, B=12.0, alpha=0.30, beta=0.27)
 
@@ -120,7 +124,21 @@ def full_status(plan: Plan, law: ScalingLaw = TRUE_LAW) -> TrainingCampaignStatu
     tuning = TuningStatus(round1_best_lr=best_lr, round1_best_warmup=warmup, round1_best_loss=1.9,
                           round1_note="best grid point lr 0.01 (loss 1.9012); parabola in log-LR puts the optimum "
                           "at 0.0083", round2_verdict="run length fits: best checkpoints at 85%–100% of the runs",
-                          round2_best_fraction=1.0)
+                          round2_best_fraction=1.0, transfer=TransferStatus(
+                              verdict="does-not-hold", parameterization="sp", message="transfer does not hold",
+                              widths=[WidthOptimum(d_model=16, params=16528, learning_rate=0.024, lr_low=0.02,
+                                                   lr_high=0.029, points=5),
+                                      WidthOptimum(d_model=64, params=213568, learning_rate=best_lr, lr_low=0.0075,
+                                                   lr_high=0.0092, points=5, on_edge=None)],
+                              drift=2.9, tolerance=2.0, coefficient=1.38, exponent=-0.4171, exponent_low=-0.5012,
+                              exponent_high=-0.3329, target_params=target.params, learning_rate=0.00571,
+                              lr_low=0.0049, lr_high=0.0066))
+    floor = NoiseFloorStatus(seeds=3, params=plan.ladder.runs[0].params, losses=[2.51, 2.53, 2.49], mean_loss=2.51,
+                             sd=0.02, floor_are=0.00636, floor_are_high=0.04, band_are=0.0156, backtest_are=0.061,
+                             within_noise=False, message="3 seeds")
+    check = PartialCheckStatus(fraction=0.3, stop_step=90, tokens=100_000, observed_loss=2.9, loss_before=predicted,
+                               loss_after=predicted + 0.0421, change=0.0421, final_loss=predicted + 0.05,
+                               message="refitted with the final run's curve")
     recommendation = Recommendation(shape=target.shape, params=target.params, tokens=target.tokens,
                                     learning_rate=best_lr, warmup_fraction=warmup, schedule="cosine", batch_size=16,
                                     flops=target.flops, gpu_hours=target.gpu_hours, usd=target.usd,
@@ -128,7 +146,8 @@ def full_status(plan: Plan, law: ScalingLaw = TRUE_LAW) -> TrainingCampaignStatu
                                     loss_high=prediction.loss_high, backtest_are=fitted.backtest_are, law="fitted")
     return TrainingCampaignStatus(phase="Succeeded", plan=plan, ledger=ledger, law=fitted, prediction=prediction,
                                   target_params=target.params, predicted_loss=predicted, runs=runs, tuning=tuning,
-                                  recommendation=recommendation, measured_mfu=0.3,
+                                  recommendation=recommendation, measured_mfu=0.3, noise_floor=floor,
+                                  partial_check=check,
                                   message="campaign finished: recommendation ready")
 
 
@@ -249,3 +268,24 @@ def test_report_without_matplotlib(spec, plan, tmp_path, monkeypatch):
 def test_import_does_not_load_matplotlib():
     code = "import sys, flopwise.report; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_trust_section_shows_transfer_noise_floor_and_partial_check(full_report):
+    status, path = full_report
+    text = path.read_text(encoding="utf-8")
+    assert "## Trust at the target size" in text and "Verdict: **does-not-hold** (sp)" in text
+    assert "| 16 | 16,528 (16.5K) | 0.024 | [0.02, 0.029] |" in text  # per-width optimum with its interval
+    assert "N^-0.417 (exponent 95% interval [-0.501, -0.333];" in text and "lr **0.00571** [0.0049, 0.0066]" in text
+    assert "![Best learning rate vs parameters across proxy widths](lr_transfer.png)" in text
+    # the noise floor next to the backtest ARE (recommendation table and law section), with its verdict
+    assert text.count("0.64% ARE from 3 seeds") >= 2 and "above seed noise" in text
+    status.noise_floor.within_noise = True
+    from flopwise.report.markdown import floor_reading
+
+    assert "not distinguishable from seed noise" in floor_reading(status)
+    status.noise_floor.within_noise = False
+    # the partial check: before, after, change and what the run reached
+    check = status.partial_check
+    assert f"| before (ladder only) | {check.loss_before:.4f} |" in text
+    assert f"{check.loss_after:.4f}" in text and "+0.0421" in text and f"{check.final_loss:.4f}" in text
+    assert "emergent" in text.lower() or "Emergent" in text

@@ -235,6 +235,21 @@ class RunSpec(_Strict):
         description="sequences per forward pass per device; smaller than the per-device batch means gradient "
                     "accumulation (the trainer also halves it by itself on a CUDA out-of-memory error)")
     lora: LoraSpec | None = None
+    stop_at_step: int | None = Field(
+        default=None, ge=1, alias="stopAtStep",
+        description="train on the full run's schedule (``tokens``) but stop after this step, checkpointed: a "
+                    "partial leg whose curve is seen before the run goes on")
+    resume_from: str | None = Field(
+        default=None, alias="resumeFrom", max_length=4096,
+        description="output folder of an earlier leg of this run (same spec but run id and legs): its checkpoint is "
+                    "continued when this run has none of its own; the summary then counts this leg's tokens and "
+                    "FLOPs only")
+
+    @model_validator(mode="after")
+    def _stop_inside_the_run(self) -> RunSpec:
+        if self.stop_at_step is not None and self.stop_at_step > self.total_steps:
+            raise ValueError(f"stopAtStep ({self.stop_at_step}) is past the run's {self.total_steps} steps")
+        return self
 
     @property
     def tokens_per_step(self) -> int:

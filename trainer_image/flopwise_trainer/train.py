@@ -73,9 +73,11 @@ def eval_steps(total_steps: int, spec: EvalSpec) -> list[int]:
     return sorted(p for p in points if 1 <= p <= total_steps)
 
 
-def spec_fingerprint(spec: RunSpec) -> dict:
-    """The fields that define a run's trajectory: a checkpoint may only be resumed by the same run."""
-    exclude = {"output_dir", "device", "compile", "peak_flops", "micro_batch_size", "campaign", "role"}
+def spec_fingerprint(spec: RunSpec, *, any_leg: bool = False) -> dict:
+    """The fields that define a run's trajectory: a checkpoint may only be resumed by the same run (where it
+    stops does not change the trajectory). ``any_leg`` also drops the run id: a continuation of another leg."""
+    exclude = {"output_dir", "device", "compile", "peak_flops", "micro_batch_size", "campaign", "role",
+               "stop_at_step", "resume_from"} | ({"run_id"} if any_leg else set())
     return spec.model_dump(mode="json", exclude=exclude)
 
 
@@ -122,7 +124,8 @@ class Trainer:
         self.train_fpt = fpt if spec.lora is None else (fpt - attention) * 2 / 3 + attention + 6 * self.lora_params
         self.forward_fpt = fpt / 3 + 2 * self.lora_params
         self.total_steps = spec.total_steps
-        self.eval_at = set(eval_steps(self.total_steps, spec.eval))
+        self.stop_step = spec.stop_at_step or self.total_steps  # a partial leg ends early, on the full schedule
+        self.eval_at = set(eval_steps(self.total_steps, spec.eval)) | {self.stop_step}
 
         self.fast_forward = self._build_fast_forward()
         # Mutable run state (all of it goes into the checkpoint).
@@ -139,6 +142,7 @@ class Trainer:
         self.peak: tuple[float | None, str] = (None, "")
         self.first_loss: float | None = None
         self.nan_step = int(os.environ.get(NAN_ENV, "0") or 0)
+        self.inherited_steps, self.inherited_flops = 0, 0.0  # what an earlier leg of the run trained
         self._resume()
 
     # ---------------------------------------------------------------- construction
@@ -186,6 +190,7 @@ class Trainer:
             "elapsed": self.elapsed(), "eval_flops": self.eval_flops, "ff_flops": self.ff_flops,
             "ff": {"evaluations": ff.evaluations, "stages": [asdict(s) for s in ff.stages]} if ff else None,
             "resumed_from": self.resumed_from, "micro_batch_size": self.micro,
+            "inherited": [self.inherited_steps, self.inherited_flops],
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
         }
@@ -200,10 +205,19 @@ class Trainer:
 
     def _resume(self) -> None:
         path = self.out / ckpt.CHECKPOINT
+        foreign = not path.is_file() and self.spec.resume_from is not None
+        if foreign:  # this run continues an earlier leg: its checkpoint must exist (never train from scratch)
+            path = Path(self.spec.resume_from) / ckpt.CHECKPOINT
+            if not path.is_file():
+                raise RunError("failed", f"no checkpoint of the earlier leg at {path}: cannot continue the run")
         if not path.is_file():
             return
         state = ckpt.load(path, map_location=self.device)
-        if state.get("fingerprint") != spec_fingerprint(self.spec):
+        ours = spec_fingerprint(self.spec, any_leg=foreign)
+        theirs = state.get("fingerprint")
+        if foreign and isinstance(theirs, dict):
+            theirs = {k: v for k, v in theirs.items() if k != "run_id"}
+        if theirs != ours:
             raise RunError("failed", f"{path} belongs to a different run spec; refusing to resume or overwrite it")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -221,6 +235,10 @@ class Trainer:
             self.fast_forward.evaluations = state["ff"]["evaluations"]
             self.fast_forward.stages = [StageReport(**s) for s in state["ff"]["stages"]]
         self.resumed_from = [*state["resumed_from"], self.step]
+        self.inherited_steps, self.inherited_flops = state.get("inherited", [0, 0.0])
+        if foreign:  # this leg reports what it trains itself: the earlier leg was charged for its part
+            self.inherited_steps, self.inherited_flops = self.step, self.train_flops()
+            self.train_time = self.prior_elapsed = self.eval_flops = 0.0
         torch.set_rng_state(state["rng"]["torch"].cpu())
         if state["rng"]["cuda"] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -237,7 +255,7 @@ class Trainer:
         return self.train_fpt * self.tokens + self.ff_flops
 
     def run(self) -> None:
-        for step in range(self.step, self.total_steps):
+        for step in range(self.step, self.stop_step):
             if _stop.requested:  # SIGTERM (pod deletion, eviction, cancellation): keep the work, report, exit
                 self.save_checkpoint()
                 raise RunError("failed", f"terminated by SIGTERM at step {self.step} of {self.total_steps} "
@@ -248,7 +266,7 @@ class Trainer:
             # Checkpoint every `checkpoint_every_steps`, else at each evaluation; always at the end.
             every = self.spec.eval.checkpoint_every_steps
             due = self.step % every == 0 if every else self.step in self.eval_at
-            if due or self.step == self.total_steps:
+            if due or self.step == self.stop_step:
                 self.save_checkpoint()
 
     def advance(self, step: int) -> float:
@@ -360,9 +378,11 @@ def summarize(trainer: Trainer | None, spec: RunSpec, status: RunStatus, reason:
                      "plannedTokens": spec.total_steps * spec.tokens_per_step, "plannedFlops": spec.planned_flops()}
     if trainer is None:
         return summary, details
-    summary.tokens, summary.steps = trainer.tokens, trainer.step
-    summary.flops = trainer.train_flops()
-    summary.flops_6nd = 6.0 * spec.shape.param_count() * trainer.tokens
+    # A continuation reports its own leg (tokens, steps, FLOPs); its curve keeps the whole run's token axis.
+    leg_steps = trainer.step - trainer.inherited_steps
+    summary.tokens, summary.steps = leg_steps * spec.tokens_per_step, leg_steps
+    summary.flops = trainer.train_flops() - trainer.inherited_flops
+    summary.flops_6nd = 6.0 * spec.shape.param_count() * summary.tokens
     summary.curve = [CurvePoint(tokens=p.tokens, val_loss=p.val_loss, train_loss=p.train_loss)
                      for p in trainer.history]
     if trainer.history:
@@ -371,7 +391,7 @@ def summarize(trainer: Trainer | None, spec: RunSpec, status: RunStatus, reason:
         summary.best_val_loss, summary.best_step = trainer.best.val_loss, trainer.best.step
         summary.best_tokens = trainer.best.tokens
     if trainer.train_time > 0:
-        summary.tokens_per_s = trainer.tokens / trainer.train_time
+        summary.tokens_per_s = summary.tokens / trainer.train_time
         peak, source = trainer.peak
         if peak:
             summary.mfu = trainer.train_fpt * summary.tokens_per_s / (peak * trainer.info.world_size)

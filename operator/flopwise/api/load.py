@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +23,32 @@ class CampaignError(ValueError):
         super().__init__("\n".join(problems))
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as kubectl reads it: `1e21` and `1.5e3` are numbers (YAML 1.2), not the strings PyYAML's 1.1 rules
+    make of them (validation is strict, so a string is never coerced into a number)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_./-]{1,63}$")
+
+
 def field_path(loc: tuple[Any, ...]) -> str:
-    """`('spec', 'budget', 'split', 'ladder')` → `spec.budget.split.ladder`; list indices as `[i]`."""
+    """`('spec', 'budget', 'split', 'ladder')` → `spec.budget.split.ladder`; list indices as `[i]`. A key that
+    is not plain (a user's map key or unknown field: newlines, control or non-ASCII characters, very long) is
+    shown quoted and shortened, `spec.gpuPool["a\\nb"]`, so one problem stays one line."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        else:
+        elif _PLAIN_KEY.match(str(part)):
             out += ("." if out else "") + str(part)
+        else:
+            quoted = json.dumps(str(part))
+            out += f"[{quoted[:40]}…]" if len(quoted) > 40 else f"[{quoted}]"
     return out or "(top level)"
 
 
@@ -69,7 +89,8 @@ def parse_campaign(document: Any) -> TrainingCampaign:
     if not isinstance(document, dict):
         raise CampaignError(["(top level): a campaign is a YAML mapping with apiVersion, kind, metadata and spec"])
     try:
-        return TrainingCampaign.model_validate(document)
+        # strict: no coercion (a string "1e21" or a boolean for a number) that the API server would refuse
+        return TrainingCampaign.model_validate(document, strict=True)
     except ValidationError as error:
         raise CampaignError(describe(error)) from None
 
@@ -85,7 +106,7 @@ def load_campaign(path: str | Path) -> TrainingCampaign:
     except (OSError, UnicodeDecodeError) as error:
         raise CampaignError([f"{path}: cannot read the file ({error})"]) from None
     try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+        documents = [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]
     except yaml.YAMLError as error:
         raise CampaignError([f"{path}: not valid YAML ({str(error).splitlines()[0]})"]) from None
     if len(documents) != 1:

@@ -7,6 +7,7 @@ API conventions) and snake_case in Python.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -22,6 +23,7 @@ SHORT_NAMES = ["tc", "campaign"]
 
 PLANNING_LAWS = ("chinchilla-3", "chinchilla-3-rounded", "chinchilla-1", "chinchilla-2", "epoch")
 PlanningLaw = Literal["chinchilla-3", "chinchilla-3-rounded", "chinchilla-1", "chinchilla-2", "epoch"]
+MAX_LEARNING_RATE = 10.0  # the trainer's bound (flopwise.contract.OptimizerSpec.lr)
 
 
 class FieldProblem(ValueError):
@@ -81,12 +83,48 @@ class Budget(ApiModel):
         return self
 
 
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def label_key_problem(key: str) -> str | None:
+    """Why ``key`` is not a Kubernetes label key (what a node selector or a toleration key must be), or None.
+    Checked here so that `flopwise validate` and the operator name the field, instead of the API server
+    refusing every Job later."""
+    prefix, slash, name = key.rpartition("/")
+    shown = _short(key)
+    if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+        return f"{shown} is not a label key: its prefix must be a DNS subdomain (e.g. example.com/name)"
+    if not 0 < len(name) <= 63 or not _LABEL_NAME.match(name):
+        return (f"{shown} is not a label key: its name must be 1-63 characters of letters, digits, '-', '_' or "
+                "'.', starting and ending with a letter or digit")
+    return None
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return repr(text[:limit]) + ("…" if len(text) > limit else "")
+
+
+def label_value_ok(value: str) -> bool:
+    return len(value) <= 63 and (value == "" or bool(_LABEL_NAME.match(value)))
+
+
 class Toleration(ApiModel):
     key: str | None = Field(default=None, max_length=316)
     operator: Literal["Exists", "Equal"] | None = None
     value: str | None = Field(default=None, max_length=63)
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     toleration_seconds: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _label_syntax(self) -> Toleration:
+        problem = label_key_problem(self.key) if self.key else None
+        if problem:
+            raise FieldProblem("key", problem)
+        if self.value and not label_value_ok(self.value):
+            raise FieldProblem("value", f"{_short(self.value)} is not a label value (at most 63 letters, digits, '-', "
+                               "'_' or '.', starting and ending with a letter or digit)")
+        return self
 
 
 class GpuPool(ApiModel):
@@ -113,6 +151,18 @@ class GpuPool(ApiModel):
                 "gpuType", f"unknown gpuType {self.gpu_type!r}: use one of {', '.join(GPU_PEAK_FLOPS)} "
                 "or give gpuPool.peakFlops (dense bf16 FLOP/s per GPU)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _node_selector_labels(self) -> GpuPool:
+        for key, value in self.node_selector.items():
+            problem = label_key_problem(key)
+            if problem:
+                raise FieldProblem("nodeSelector", problem)
+            if not label_value_ok(value):
+                raise FieldProblem("nodeSelector", f"the value {_short(value)} of {_short(key)} is not a label value "
+                                   "(at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter "
+                                   "or digit)")
         return self
 
     @model_validator(mode="after")
@@ -183,6 +233,23 @@ class Tuning(ApiModel):
     round2_runs: int = Field(default=2, ge=0, le=16, description="best Round-1 points rerun at full length")
     round2_length_fraction: Fraction = Field(default=1.0, description="Round 2 run length vs a full-length run")
     max_retries: int = Field(default=1, ge=0, le=10, description="reruns of a failed run before it is charged")
+    proxy_widths: int = Field(default=2, ge=1, le=4, description="widths Round 1's LR sweep runs at (same depth, "
+                              "tokens and batch; each next a quarter as wide): ≥ 2 checks that the best LR transfers "
+                              "(muP) or extrapolates it to the target; fewer are planned when the budget is short")
+
+    @model_validator(mode="after")
+    def _grid_within_trainer_bounds(self) -> Tuning:
+        # Round 1's grid (plus the one point it may add past an edge) must be learning rates the trainer's
+        # RunSpec accepts (0 < lr ≤ 10): otherwise the campaign would plan runs it can never launch.
+        reach = (self.lr_grid_points - 1) / 2 + 1
+        high = self.base_learning_rate * self.lr_grid_factor ** reach
+        low = self.base_learning_rate / self.lr_grid_factor ** reach
+        if high > MAX_LEARNING_RATE or low <= 0:
+            raise FieldProblem("lrGridPoints", f"Round 1's grid of {self.lr_grid_points} points × "
+                               f"{self.lr_grid_factor:g} around {self.base_learning_rate:g} reaches lr {high:.3g} "
+                               f"(and {low:.3g}); the trainer takes 0 < lr ≤ {MAX_LEARNING_RATE:g}: lower "
+                               "lrGridPoints, lrGridFactor or baseLearningRate")
+        return self
 
 
 class Ladder(ApiModel):
@@ -191,6 +258,8 @@ class Ladder(ApiModel):
     sizes: int = Field(default=5, ge=5, le=32)
     spread: float = Field(default=16.0, ge=2.0, le=1e4, description="largest / smallest parameter count")
     min_params: int = Field(default=1_000_000, ge=1_000, description="no rung smaller than this")
+    seeds: int = Field(default=3, ge=1, le=16, description="runs of the smallest rung with different seeds (the "
+                       "ladder run is one): their spread is the seed-noise floor of the backtest ARE; 1 turns it off")
 
 
 class Resources(ApiModel):
@@ -209,6 +278,16 @@ class Trainer(ApiModel):
 
 class Final(ApiModel):
     enabled: bool = Field(default=False, description="train the recommended model with budget.split.final")
+    partial_check: bool = Field(default=False, description="stop the final run at partialFraction of its tokens "
+                                "(same schedule), refit the law with its curve, then resume it to the end from its "
+                                "checkpoint (the run outputs must be on storage both legs see)")
+    partial_fraction: float = Field(default=0.3, ge=0.05, le=0.9, description="where the partial check stops")
+
+    @model_validator(mode="after")
+    def _partial_needs_a_final_run(self) -> Final:
+        if self.partial_check and not self.enabled:
+            raise FieldProblem("partialCheck", "needs final.enabled: true (there is no final run to check)")
+        return self
 
 
 class TrainingCampaignSpec(ApiModel):

@@ -43,6 +43,17 @@ class PlannedRun(ApiModel):
     usd: float = Field(ge=0)
     learning_rate: float | None = Field(default=None, gt=0)
     warmup_fraction: float | None = Field(default=None, ge=0, le=1)
+    seed_offset: int = Field(default=0, ge=0, le=64, description="added to the campaign seed (seed replicas)")
+
+
+class StudyPlan(ApiModel):
+    """One study of the search design: what it varies around the transferred point, and what it costs."""
+
+    name: str = Field(max_length=200)
+    phase: str = Field(max_length=32)
+    varies: str = Field(max_length=200, description="the one hyperparameter, or the known-interacting pair")
+    runs: int = Field(ge=0)
+    flops: float = Field(ge=0)
 
 
 class PhasePlan(ApiModel):
@@ -92,6 +103,8 @@ class Plan(ApiModel):
     planned_usd: float = Field(ge=0)
     warnings: list[str] = Field(default_factory=list)
     dropped: list[str] = Field(default_factory=list, description="what did not fit the budget, and why")
+    studies: list[StudyPlan] = Field(default_factory=list, description="the search design: one hyperparameter at a "
+                                     "time, pairs only where they interact (LR × warmup); never a full factorial")
 
     def phases(self) -> dict[str, PhasePlan]:
         return {"ladder": self.ladder, "round1": self.round1, "round2": self.round2, "final": self.final}
@@ -211,6 +224,49 @@ class RunRecord(ApiModel):
     reason: str = Field(default="", max_length=1024)
     launched_at: float | None = Field(default=None, description="seconds since the epoch")
     finished_at: float | None = None
+    start_step: int = Field(default=0, ge=0, description="a continuation starts at this step of its schedule")
+    stop_at_step: int | None = Field(default=None, ge=1, description="a partial leg stops here (steps is the "
+                                     "schedule's length)")
+    resume_from: str | None = Field(default=None, max_length=200, description="run whose checkpoint it continues")
+
+    def train_steps(self) -> int:
+        """Optimiser steps this record trains: its leg of the schedule."""
+        return max(1, (self.stop_at_step or self.steps) - self.start_step)
+
+    def planned_flops(self) -> float:
+        """Exact FLOPs this record trains (what it reserves): its ``tokens``, which are its leg's."""
+        return self.shape.flops_per_token() * self.tokens
+
+
+class WidthOptimum(ApiModel):
+    """Round 1's best learning rate at one proxy width (parabola in log-LR), with its 95% interval."""
+
+    d_model: int = Field(ge=1)
+    params: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    lr_low: float = Field(gt=0)
+    lr_high: float = Field(gt=0)
+    on_edge: str | None = Field(default=None, description="low/high: best on the grid's edge")
+    points: int = Field(default=0, ge=0)
+
+
+class TransferStatus(ApiModel):
+    """Does Round 1's best LR transfer across proxy widths? If not, its power law extrapolated to the target."""
+
+    verdict: Literal["holds", "does-not-hold", "unchecked"] = "unchecked"
+    message: str | None = Field(default=None, max_length=2048)
+    parameterization: str | None = None
+    widths: list[WidthOptimum] = Field(default_factory=list, max_length=8)
+    drift: float | None = Field(default=None, ge=1, description="largest ratio between two widths' best LRs")
+    tolerance: float | None = Field(default=None, ge=1, description="one grid step (ratio)")
+    coefficient: float | None = None
+    exponent: float | None = Field(default=None, description="η_opt ∝ params^exponent")
+    exponent_low: float | None = None
+    exponent_high: float | None = None
+    target_params: int | None = Field(default=None, ge=0)
+    learning_rate: float | None = Field(default=None, gt=0, description="the LR for the target size")
+    lr_low: float | None = None
+    lr_high: float | None = None
 
 
 class TuningStatus(ApiModel):
@@ -223,6 +279,42 @@ class TuningStatus(ApiModel):
     round1_note: str = ""
     round2_verdict: str = ""
     round2_best_fraction: float | None = Field(default=None, ge=0, le=1, description="best step / total steps")
+    transfer: TransferStatus | None = None
+
+
+class NoiseFloorStatus(ApiModel):
+    """The seed-noise floor: k seeds of the smallest ladder run, next to the backtest ARE."""
+
+    seeds: int = Field(ge=0)
+    params: int = Field(ge=1)
+    losses: list[float] = Field(default_factory=list, max_length=16)
+    mean_loss: float | None = None
+    sd: float | None = Field(default=None, ge=0)
+    floor_are: float | None = Field(default=None, ge=0, description="ARE a perfect law would have: √(2/π)·σ/L")
+    floor_are_high: float | None = Field(default=None, ge=0, description="upper 95% bound of floorAre")
+    band_are: float | None = Field(default=None, ge=0, description="95% band of one seed's error: 1.96·σ/L")
+    backtest_are: float | None = Field(default=None, ge=0)
+    within_noise: bool | None = Field(default=None, description="backtest ARE inside the noise band: not "
+                                      "distinguishable from a rerun with another seed")
+    message: str | None = Field(default=None, max_length=2048)
+
+
+class PartialCheckStatus(ApiModel):
+    """The final run stopped at a fraction of its tokens; the law refitted with its curve, before and after."""
+
+    fraction: float = Field(ge=0, le=1)
+    stop_step: int = Field(ge=1)
+    tokens: int | None = Field(default=None, ge=0, description="tokens trained at the check")
+    observed_loss: float | None = Field(default=None, description="the final run's loss at the check")
+    loss_before: float | None = None
+    low_before: float | None = None
+    high_before: float | None = None
+    loss_after: float | None = None
+    low_after: float | None = None
+    high_after: float | None = None
+    change: float | None = Field(default=None, description="lossAfter − lossBefore")
+    final_loss: float | None = Field(default=None, description="the final run's observed final loss")
+    message: str | None = Field(default=None, max_length=2048)
 
 
 class Recommendation(ApiModel):
@@ -243,6 +335,10 @@ class Recommendation(ApiModel):
     loss_high: float | None = None
     backtest_are: float | None = None
     law: str = ""
+    learning_rate_low: float | None = None
+    learning_rate_high: float | None = None
+    learning_rate_source: str | None = Field(default=None, description="transferred, extrapolated or base")
+    noise_floor_are: float | None = None
 
 
 IMMUTABLE_SECTIONS = ("model", "dataset", "ladder", "tuning", "law")
@@ -276,3 +372,5 @@ class TrainingCampaignStatus(ApiModel):
     tuning: TuningStatus = Field(default_factory=TuningStatus)
     recommendation: Recommendation | None = None
     measured_mfu: float | None = Field(default=None, ge=0, description="FLOP-weighted MFU of finished runs")
+    noise_floor: NoiseFloorStatus | None = None
+    partial_check: PartialCheckStatus | None = None

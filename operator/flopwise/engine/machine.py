@@ -6,6 +6,12 @@ per-run records, the tuning decisions), applies what the executor observed, adva
 and returns the new status with the runs to launch. It never talks to Kubernetes or processes: the local
 runner and the operator both call it, persist the status first, then carry out the launches. Launches are
 idempotent on the run id, so a crash between persisting and launching loses nothing and starts nothing twice.
+
+Beyond the loss law, the engine says how far its bets can be trusted at the target: the ladder's smallest rung
+is rerun with other seeds (the noise floor next to the backtest ARE); Round 1 sweeps the LR at two or more
+widths (transfer holds, or the best LR is extrapolated to the target by a power law); and with
+``final.partialCheck`` the final run first trains a leg to ~30% of its tokens on its full schedule, the law is
+refitted with that curve (the prediction before and after is kept), and a second leg resumes it to the end.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from flopwise.api.status import (
     IMMUTABLE_SECTIONS,
     Charge,
     Condition,
+    PartialCheckStatus,
     PlannedRun,
     PlannedSpec,
     Recommendation,
@@ -32,11 +39,12 @@ from flopwise.engine import analysis, ledger
 from flopwise.fitting.fit import HOFFMANN_GRID, StartGrid
 from flopwise.fitting.points import FitInputError
 from flopwise.planning.budget import Pool
-from flopwise.planning.plan import PlanError, plan_campaign, pool_of
+from flopwise.planning.plan import PlanError, partial_stop_step, plan_campaign, pool_of
 
 ObservedState = Literal["absent", "running", "succeeded", "failed", "lost"]
 TERMINAL = ("Succeeded", "Failed", "Lost")
 CURVE_POINTS = 24
+PARTIAL_SUFFIX = "-p"  # the partial leg of a final run: `final-00-p`, continued by `final-00`
 
 
 @dataclass(frozen=True)
@@ -250,7 +258,7 @@ class _Engine:
 
     def _ladder(self) -> None:
         finished = analysis.finished(self.status.runs, "ladder")
-        done = self._phase_done("ladder")
+        done = self._phase_done("ladder") and self._phase_done("seed")  # the seeds are cheap: wait for them
         if len(finished) > (self.status.law.input_runs if self.status.law else 0) or done:
             self._fit(final=done)
         if not done:
@@ -258,6 +266,9 @@ class _Engine:
         if self.status.law is None:
             self._fail("FitFailed", f"the ladder finished with {len(finished)} usable runs: too few to fit a law")
             return
+        self.status.noise_floor = analysis.seed_floor(self.status.runs, self.status.law.backtest_are)
+        if self.status.noise_floor is not None and self.status.noise_floor.message:
+            self._event("NoiseFloor", self.status.noise_floor.message)
         self._enter("Round1")
 
     def _fit(self, *, final: bool) -> None:
@@ -287,7 +298,7 @@ class _Engine:
             return
         tuning = self.status.tuning
         try:
-            choice = analysis.choose_round1(self.status.runs)
+            choice = analysis.choose_round1(self.status.runs, self._proxy_width())
         except FitInputError as error:
             tuning.round1_note = f"{error}; keeping the base learning rate {self.spec.tuning.base_learning_rate:g}"
             tuning.round1_best_lr = self.spec.tuning.base_learning_rate
@@ -299,17 +310,66 @@ class _Engine:
         if tuning.round1_grid_extended:
             tuning.round1_note += "; the grid was extended once past its edge" + (
                 ", and the best LR is still on the edge: the optimum may lie further out" if choice.on_edge else "")
-        elif choice.on_edge:
+        extending = False
+        if not tuning.round1_grid_extended and choice.on_edge:
             tuning.round1_grid_extended = True
-            if self._extend_round1(choice):
-                return
+            extending = self._extend_round1(choice)
+        extending = self._extend_narrow_widths(choice) or extending
+        if extending:
+            return
+        self._check_transfer(choice)
         self._enter("Round2")
 
-    def _extend_round1(self, choice: analysis.SweepChoice) -> bool:
+    def _extend_narrow_widths(self, choice: analysis.SweepChoice) -> bool:
+        """A narrower width's best LR on its grid's edge is extended once too: a censored optimum would blunt
+        the transfer check (under SP the narrow width's optimum often lies past the top of the grid)."""
+        width = self._proxy_width()
+        optima = analysis.width_optima(self.status.runs, primary_width=width or 0, warmup=choice.warmup_fraction,
+                                       grid_factor=self.spec.tuning.lr_grid_factor, noise_sd=None)
+        added = False
+        for d_model, _, optimum in optima:
+            if d_model == width or optimum.on_edge is None:
+                continue
+            runs = [r for r in self.status.runs if r.role == "round1" and r.shape.d_model == d_model]
+            if any(r.reason.startswith("grid extended") for r in runs):
+                continue
+            template = next(r for r in runs if r.learning_rate == optimum.best_grid_lr)
+            added = self._extend_round1(analysis.SweepChoice(
+                learning_rate=optimum.best_grid_lr, warmup_fraction=template.warmup_fraction, loss=math.nan,
+                on_edge=optimum.on_edge, note=""), d_model) or added
+        return added
+
+    def _proxy_width(self) -> int | None:
+        plan = self.status.plan
+        return plan.round1.runs[0].shape.d_model if plan is not None and plan.round1.runs else None
+
+    def _check_transfer(self, choice: analysis.SweepChoice) -> None:
+        """Compare the best LR across Round 1's widths: it transfers, or its power law is extrapolated."""
+        plan = self.status.plan
+        width = self._proxy_width()
+        assert plan is not None and width is not None
+        floor = self.status.noise_floor
+        result = analysis.transfer_status(
+            self.status.runs, primary_width=width, warmup=choice.warmup_fraction,
+            grid_factor=self.spec.tuning.lr_grid_factor, noise_sd=floor.sd if floor is not None else None,
+            target_params=plan.target.params, parameterization=self.spec.model.parameterization)
+        self.status.tuning.transfer = result
+        chosen = self.status.tuning.round1_best_lr
+        if result.verdict == "holds" and chosen:  # the proxy's optimum as Round 1 chose it (3-point parabola)
+            result.learning_rate = chosen
+            result.lr_low = min(result.lr_low or chosen, chosen)
+            result.lr_high = max(result.lr_high or chosen, chosen)
+        self._event("TransferChecked", result.message or result.verdict)
+        state, reason = {"holds": ("True", "WithinOneGridStep"), "does-not-hold": ("False", "Extrapolated")}.get(
+            result.verdict, ("Unknown", "OneWidth"))
+        self._condition("LRTransfers", state, reason, result.message or result.verdict)
+
+    def _extend_round1(self, choice: analysis.SweepChoice, d_model: int | None = None) -> bool:
         """The best LR sits on the grid's edge: add one point beyond it (once), if the budget allows."""
         factor = self.spec.tuning.lr_grid_factor
+        d_model = d_model or self._proxy_width()
         template = next(r for r in self.status.runs if r.role == "round1" and r.learning_rate == choice.learning_rate
-                        and r.warmup_fraction == choice.warmup_fraction)
+                        and r.warmup_fraction == choice.warmup_fraction and r.shape.d_model == d_model)
         lr = choice.learning_rate * (factor if choice.on_edge == "high" else 1.0 / factor)
         index = sum(1 for r in self.status.runs if r.role == "round1")
         extra = template.model_copy(deep=True, update={
@@ -320,8 +380,10 @@ class _Engine:
             self.status.tuning.round1_note += "; the grid could not be extended within the budget"
             return False
         self.status.runs.append(extra)
-        self.status.tuning.round1_note += f"; extending the grid to lr {lr:.3g}"
-        self._event("GridExtended", f"Round 1's best LR was on the {choice.on_edge} edge; trying {lr:.3g}")
+        self.status.tuning.round1_note += f"; extending the grid to lr {lr:.3g}" + (
+            f" at width {d_model}" if d_model != self._proxy_width() else "")
+        self._event("GridExtended", f"Round 1's best LR at width {d_model} was on the {choice.on_edge} edge; "
+                    f"trying {lr:.3g}")
         return True
 
     def _round2(self) -> None:
@@ -332,6 +394,21 @@ class _Engine:
         self._enter("Final")
 
     def _final(self) -> None:
+        check = self.status.partial_check
+        plan = self.status.plan
+        assert plan is not None
+        if check is not None and plan.final.runs:
+            main = plan.final.runs[0].run_id
+            if not any(r.planned_id == main for r in self.status.runs):
+                if not self._phase_done("final"):
+                    return
+                if self._partial_update(check):
+                    return
+            elif self._phase_done("final"):
+                done = [r for r in analysis.finished(self.status.runs, "final") if r.planned_id == main]
+                if done and done[-1].result is not None and check.final_loss is None:
+                    check.final_loss = done[-1].result.final_val_loss
+                    self._partial_verdict(check)
         if self._phase_done("final"):
             self._recommend()
             self.status.phase = "Succeeded"
@@ -345,8 +422,10 @@ class _Engine:
         self.status.phase = phase  # type: ignore[assignment]
         self._event("PhaseChanged", f"entering {phase}")
         tuning = self.spec.tuning
-        if phase == "Ladder":
-            for run in plan.ladder.runs:
+        if phase == "Ladder":  # the seed replicas right after the smallest rung: the floor is known early
+            rungs = [r for r in plan.ladder.runs if r.role != "seed"]
+            seeds = [r for r in plan.ladder.runs if r.role == "seed"]
+            for run in rungs[:1] + seeds + rungs[1:]:
                 self._add(run, tuning.base_learning_rate, tuning.warmup_fractions[0])
         elif phase == "Round1":
             for run in plan.round1.runs:
@@ -356,8 +435,12 @@ class _Engine:
         elif phase == "Final":
             best = self.status.tuning
             warmup = best.round1_best_warmup if best.round1_best_warmup is not None else tuning.warmup_fractions[0]
+            lr, _, _, _ = self._target_lr()
             for run in plan.final.runs:
-                self._add(run, best.round1_best_lr or tuning.base_learning_rate, warmup)
+                if self.spec.final.partial_check:
+                    self._add_partial_leg(run, lr, warmup)
+                else:
+                    self._add(run, lr, warmup)
 
     def _add_round2(self) -> None:
         """Round 2 reruns the best Round-1 points at full length with the playbook's schedule rule:
@@ -365,8 +448,9 @@ class _Engine:
         warmup and lengthen the constant phase."""
         plan = self.status.plan
         assert plan is not None
-        round1 = sorted((r for r in self.status.runs if r.role == "round1" and r.state == "Succeeded"),
-                        key=analysis._run_loss)
+        width = self._proxy_width()
+        round1 = sorted((r for r in self.status.runs if r.role == "round1" and r.state == "Succeeded"
+                         and r.shape.d_model == width), key=analysis._run_loss)
         points: list[tuple[float, float, RunRecord | None]] = []
         best = self.status.tuning
         if best.round1_best_lr:
@@ -381,18 +465,98 @@ class _Engine:
                                         decay_steps=source.schedule.decay_steps, min_lr_ratio=0.1)
             self._add(run, lr, warmup, schedule=schedule)
 
-    def _add(self, run: PlannedRun, lr: float, warmup: float, schedule: ScheduleSpec | None = None) -> None:
-        if any(r.planned_id == run.run_id for r in self.status.runs):
-            return
+    def _add(self, run: PlannedRun, lr: float, warmup: float, schedule: ScheduleSpec | None = None,
+             **leg: object) -> RunRecord | None:
+        run_id = str(leg.pop("run_id", run.run_id))
+        if any(r.planned_id == run_id for r in self.status.runs):
+            return None
         tuning = self.spec.tuning
         if schedule is None:
             decay = max(1, round(tuning.decay_fraction * run.steps)) if tuning.schedule in ("linear", "wsd") else None
             schedule = ScheduleSpec(kind=tuning.schedule, warmup_steps=round(warmup * run.steps), decay_steps=decay,
                                     min_lr_ratio=0.1)
-        self.status.runs.append(RunRecord(
-            run_id=run.run_id, planned_id=run.run_id, role=run.role, shape=run.shape, params=run.params,
+        fields: dict[str, object] = dict(
+            run_id=run_id, planned_id=run_id, role=run.role, shape=run.shape, params=run.params,
             tokens=run.tokens, batch_size=run.batch_size, steps=run.steps, learning_rate=lr,
-            warmup_fraction=warmup, schedule=schedule, seed=self.seed))
+            warmup_fraction=warmup, schedule=schedule, seed=self.seed + run.seed_offset)
+        record = RunRecord(**{**fields, **leg})
+        self.status.runs.append(record)
+        return record
+
+    def _target_lr(self) -> tuple[float, float | None, float | None, str]:
+        """The learning rate for the target size: (lr, low, high, source). Round 1's proxy optimum when it
+        transfers (or was not checked), the power law's extrapolation when the widths disagree."""
+        tuning = self.status.tuning
+        check = tuning.transfer
+        if check is not None and check.verdict == "does-not-hold" and check.learning_rate:
+            return check.learning_rate, check.lr_low, check.lr_high, "extrapolated"
+        if tuning.round1_best_lr:
+            low = high = None
+            if check is not None and check.verdict == "holds":
+                low, high = check.lr_low, check.lr_high
+            return tuning.round1_best_lr, low, high, "transferred" if check and check.verdict == "holds" else "proxy"
+        return self.spec.tuning.base_learning_rate, None, None, "base"
+
+    def _add_partial_leg(self, run: PlannedRun, lr: float, warmup: float) -> None:
+        """The first leg of the final run: its full schedule, stopped at partialFraction of its steps."""
+        stop = partial_stop_step(run.steps, self.spec.final.partial_fraction)
+        tokens = stop * run.batch_size * run.shape.seq_len
+        if self._add(run, lr, warmup, run_id=run.run_id + PARTIAL_SUFFIX, tokens=tokens, stop_at_step=stop):
+            prediction = self.status.prediction
+            self.status.partial_check = PartialCheckStatus(
+                fraction=self.spec.final.partial_fraction, stop_step=stop,
+                loss_before=prediction.loss if prediction else None,
+                low_before=prediction.loss_low if prediction else None,
+                high_before=prediction.loss_high if prediction else None)
+
+    def _partial_update(self, check: PartialCheckStatus) -> bool:
+        """The partial leg ended: refit the law with its curve, keep the prediction before and after, and
+        resume the final run from the leg's checkpoint. Returns True when the continuation was added."""
+        plan = self.status.plan
+        assert plan is not None
+        main = plan.final.runs[0]
+        legs = [r for r in self.status.runs if r.planned_id == main.run_id + PARTIAL_SUFFIX]
+        leg = legs[-1] if legs else None
+        if leg is None or leg.state != "Succeeded" or leg.result is None:
+            check.message = "the partial leg did not finish: no update and no continuation (the final run failed)"
+            return False
+        check.tokens, check.observed_loss = leg.result.tokens, leg.result.final_val_loss
+        prediction = self.status.prediction
+        law = self.status.law
+        try:
+            fitted = analysis.fit_ladder(self.status.runs, resamples=self.options.bootstrap_resamples, seed=self.seed,
+                                         grid=self.options.fit_grid, extra=[leg],
+                                         mode=law.mode if law is not None else "auto")
+        except FitInputError as error:
+            check.message = f"the refit with the partial curve failed ({error}); the prediction is unchanged"
+        else:
+            params = prediction.params if prediction else float(main.params)
+            tokens = prediction.tokens if prediction else float(main.steps * main.batch_size * main.shape.seq_len)
+            after = analysis.predict(fitted, params, tokens)
+            check.loss_after, check.low_after, check.high_after = after.loss, after.loss_low, after.loss_high
+            if check.loss_before is not None:
+                check.change = after.loss - check.loss_before
+            self.status.prediction = after
+            check.message = (f"refitted with the final run's curve up to {leg.result.tokens:,} tokens "
+                             f"({check.fraction:g} of the run, loss {leg.result.final_val_loss:.4f}): predicted final "
+                             f"loss {check.loss_before if check.loss_before is not None else float('nan'):.4f} → "
+                             f"{after.loss:.4f}")
+            self._event("PartialCheck", check.message)
+        start = leg.stop_at_step or 1
+        rest = (main.steps - start) * main.batch_size * main.shape.seq_len
+        added = self._add(main, leg.learning_rate, leg.warmup_fraction, schedule=leg.schedule, tokens=rest,
+                          start_step=start, resume_from=leg.run_id)
+        return added is not None
+
+    def _partial_verdict(self, check: PartialCheckStatus) -> None:
+        """Once the final run ends: how far each prediction was from what it reached."""
+        if check.final_loss is None:
+            return
+        parts = []
+        for name, value in (("before", check.loss_before), ("after", check.loss_after)):
+            if value is not None:
+                parts.append(f"{name} {value:.4f} (error {abs(value - check.final_loss) / check.final_loss:.2%})")
+        check.message = (check.message or "") + f"; the final run reached {check.final_loss:.4f}: " + ", ".join(parts)
 
     # ------------------------------------------------------------------------------------------ launching
     def _pool(self) -> Pool:
@@ -440,9 +604,12 @@ class _Engine:
         pool = self._pool()
         prediction = self.status.prediction
         batch = max(1, self.spec.tuning.batch_tokens // target.shape.seq_len)
+        lr, lr_low, lr_high, source = self._target_lr()
+        floor = self.status.noise_floor
         self.status.recommendation = Recommendation(
             shape=target.shape, params=target.params, tokens=target.tokens,
-            learning_rate=tuning.round1_best_lr or self.spec.tuning.base_learning_rate,
+            learning_rate=lr, learning_rate_low=lr_low, learning_rate_high=lr_high, learning_rate_source=source,
+            noise_floor_are=floor.floor_are if floor is not None else None,
             warmup_fraction=tuning.round1_best_warmup if tuning.round1_best_warmup is not None
             else self.spec.tuning.warmup_fractions[0],
             schedule=self.spec.tuning.schedule, batch_size=batch, flops=target.flops,
@@ -469,6 +636,10 @@ class _Engine:
             if st.phase not in ("Succeeded", "Failed"):
                 planned_ids = {r.planned_id for r in st.runs}
                 remaining += sum(r.flops for r in st.plan.all_runs() if r.run_id not in planned_ids)
+                for leg in st.runs:  # a planned final run whose partial leg is under way: only the rest remains
+                    if leg.planned_id.endswith(PARTIAL_SUFFIX) and leg.attempt == 0 \
+                            and leg.planned_id.removesuffix(PARTIAL_SUFFIX) not in planned_ids:
+                        remaining -= leg.shape.flops_per_token() * leg.tokens
             if self.spec.gpu_pool.price_per_gpu_hour > 0:
                 st.ledger.forecast_usd = st.ledger.spent_usd + st.ledger.reserved_usd + self._pool().usd(remaining)
             st.target_params = st.plan.target.params

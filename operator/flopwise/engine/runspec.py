@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
 from flopwise.api.spec import TrainingCampaignSpec
 from flopwise.api.status import Plan, RunRecord
 from flopwise.contract import EvalSpec, MupSpec, OptimizerSpec, RunSpec
@@ -26,10 +28,27 @@ def mup_base_width(plan: Plan) -> int:
     return runs[0].shape.d_model
 
 
+def sibling_output(output_dir: str, run_id: str, other: str) -> str:
+    """Where run ``other`` writes, given where ``run_id`` writes: executors name a run's folder after its id
+    (local: `runs/<id>/out`, Kubernetes: `<root>/<id>`), so the last path component equal to ``run_id`` is
+    swapped."""
+    parts = PurePosixPath(output_dir).parts
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] == run_id:
+            return str(PurePosixPath(*parts[:i], other, *parts[i + 1:]))
+    raise ValueError(f"cannot locate run {other}'s output next to {output_dir}")
+
+
 def run_spec_for(record: RunRecord, spec: TrainingCampaignSpec, plan: Plan, *, campaign: str, data_path: str,
                  output_dir: str, device: str = "auto") -> RunSpec:
+    """A leg of a run (``stop_at_step`` or ``resume_from`` set) gets the whole run's tokens, so that its schedule
+    is the whole run's; its record's tokens are the leg's (what it is charged)."""
+    leg = record.stop_at_step is not None or record.resume_from is not None
+    tokens = record.steps * record.batch_size * record.shape.seq_len if leg else record.tokens
+    resume = sibling_output(output_dir, record.run_id, record.resume_from) if record.resume_from else None
     return RunSpec(
-        run_id=record.run_id, campaign=campaign, role=record.role, shape=record.shape, tokens=record.tokens,
+        stop_at_step=record.stop_at_step, resume_from=resume,
+        run_id=record.run_id, campaign=campaign, role=record.role, shape=record.shape, tokens=tokens,
         batch_size=record.batch_size,
         optimizer=OptimizerSpec(lr=record.learning_rate),
         schedule=record.schedule,

@@ -78,6 +78,20 @@ def _median_mfu(s: TrainingCampaignStatus) -> float | None:
     return statistics.median(values) if values else None
 
 
+def _transfer_holds(s: TrainingCampaignStatus) -> float | None:
+    transfer = s.tuning.transfer
+    if transfer is None or transfer.verdict == "unchecked":
+        return None
+    return 1.0 if transfer.verdict == "holds" else 0.0
+
+
+def _transfer(field: str) -> Callable[[TrainingCampaignStatus], float | None]:
+    def value(s: TrainingCampaignStatus) -> float | None:
+        return getattr(s.tuning.transfer, field) if s.tuning.transfer is not None else None
+
+    return value
+
+
 _LAW_PARAMETERS = (
     ("irreducible_loss", "E", "E, the irreducible loss (nats per token)"),
     ("params_coefficient", "A", "A, the coefficient of the parameter term A/N^α"),
@@ -134,6 +148,20 @@ GAUGES: list[tuple[str, str, Callable[[TrainingCampaignStatus], float | None]]] 
     ("flopwise_weighted_mfu_ratio", "FLOP-weighted MFU of finished runs against the pool's peak (what the dollar "
      "forecast follows).", lambda s: s.measured_mfu),
     ("flopwise_planned_mfu_ratio", "MFU the plan assumed.", lambda s: s.plan.mfu if s.plan else None),
+    ("flopwise_lr_transfer_holds", "1 when Round 1's best LR agrees across proxy widths within one grid step, 0 "
+     "when it drifts (then extrapolated); absent until checked.", _transfer_holds),
+    *[(f"flopwise_target_learning_rate{suffix}", "Learning rate for the target size (transferred or extrapolated)"
+       + (f", {which} bound of its 95% interval." if which else "."), _transfer(field))
+      for suffix, which, field in (("", "", "learning_rate"), ("_ci_low", "lower", "lr_low"),
+                                   ("_ci_high", "upper", "lr_high"))],
+    ("flopwise_lr_transfer_exponent", "Exponent b of the best LR's power law η_opt ∝ N^b across proxy widths.",
+     _transfer("exponent")),
+    ("flopwise_noise_floor_are_ratio", "Seed-noise floor: the ARE a perfect law would have, from k seeds of the "
+     "smallest ladder run.", lambda s: s.noise_floor.floor_are if s.noise_floor else None),
+    ("flopwise_partial_check_loss_before", "Predicted final loss before the partial target check's refit.",
+     lambda s: s.partial_check.loss_before if s.partial_check else None),
+    ("flopwise_partial_check_loss_after", "Predicted final loss after refitting with the final run's partial curve.",
+     lambda s: s.partial_check.loss_after if s.partial_check else None),
 ]
 
 
@@ -230,12 +258,14 @@ def forget_campaign(namespace: str, name: str) -> None:
 
 
 def observe_reconcile(seconds: float, error: bool) -> None:
+    """One reconcile pass (failed ones too: a slow failure is still a slow pass)."""
     RECONCILE_DURATION.observe(seconds)
     if error:
         RECONCILE_ERRORS.inc()
 
 
 def observe_queue(depth: int) -> None:
+    """Campaigns waiting for a worker: a depth that stays up means the workers cannot keep pace."""
     QUEUE_DEPTH.set(depth)
 
 

@@ -25,6 +25,11 @@ LIMITS = """\
 - **Fitted small, extrapolated large.** The law is fitted on the ladder's small models and extrapolated to the
   target; the further the target lies beyond the largest ladder run, the less the interval can be trusted (it
   reflects the spread of the fit, not a change of regime at scale), which is what the backtest estimates.
+- **Hyperparameters are extrapolated too.** The learning rate is found on small proxies; muP makes it transfer
+  across width at fixed depth and training horizon, not across depth, batch size or a much longer run, and a power
+  law fitted to two or three widths extrapolates with the interval shown, nothing more.
+- **The noise floor is rough.** It comes from a few seeds of the smallest ladder run; seed noise at the target size
+  may differ, and with three seeds its upper bound is several times its value.
 - **Training compute only.** The compute-optimal rule minimises loss for a *training* budget and ignores inference
   cost: a model that will serve many requests is often better smaller and trained on more tokens than the rule
   says.
@@ -60,6 +65,27 @@ def are_reading(are: float | None) -> str:
                 "predicted loss as approximate and consider more or larger ladder runs")
     return (f"{value}: poor; far above the < 10% target at this scale, so the law does not extrapolate "
             "reliably yet; widen the ladder (more sizes, a larger top run) before trusting the prediction")
+
+
+LR_SOURCES = {"transferred": "the largest proxy's optimum: transfer across widths holds",
+              "extrapolated": "extrapolated to the target by the power law of the best LR across widths",
+              "proxy": "the proxy's optimum (transfer not checked)", "base": "the base learning rate (no Round 1)"}
+
+
+def floor_reading(status: TrainingCampaignStatus) -> str:
+    """The seed-noise floor next to the backtest ARE, with the verdict on it."""
+    floor = status.noise_floor
+    if floor is None:
+        return "not available (ladder.seeds is 1, or the replicas did not fit the budget)"
+    if floor.floor_are is None:
+        return floor.message or NA
+    text = (f"{fmt.percent(floor.floor_are, 2)} ARE from {floor.seeds} seeds (95% upper bound "
+            f"{fmt.percent(floor.floor_are_high, 2)}; one seed's 95% band {fmt.percent(floor.band_are, 2)})")
+    if floor.within_noise is True:
+        text += ": **the backtest ARE is not distinguishable from seed noise**"
+    elif floor.within_noise is False:
+        text += ": the backtest ARE is above seed noise (the law's own error)"
+    return text
 
 
 def _interval(low: float | None, high: float | None, digits: int = 4) -> str:
@@ -145,7 +171,11 @@ def recommendation(spec: TrainingCampaignSpec, status: TrainingCampaignStatus) -
         ["parameters", fmt.exact(rec.params)],
         ["tokens", fmt.exact(rec.tokens)],
         ["tokens / parameter", f"{rec.tokens / rec.params:.1f}"],
-        ["learning rate", fmt.lr(rec.learning_rate)],
+        ["learning rate", fmt.lr(rec.learning_rate) + (
+            f" (95% interval {_interval(rec.learning_rate_low, rec.learning_rate_high, 3)})"
+            if rec.learning_rate_low is not None else "") + (
+            f"; {LR_SOURCES.get(rec.learning_rate_source, rec.learning_rate_source)}"
+            if rec.learning_rate_source else "")],
         ["warmup", f"{rec.warmup_fraction:g} of the steps"],
         ["schedule", rec.schedule],
         ["batch", f"{rec.batch_size:,} sequences ({rec.batch_size * shape.seq_len:,} tokens) per step"],
@@ -156,6 +186,7 @@ def recommendation(spec: TrainingCampaignSpec, status: TrainingCampaignStatus) -
         ["predicted loss", f"{fmt.loss(rec.predicted_loss)} (95% interval "
                            f"{_interval(rec.loss_low, rec.loss_high)})"],
         ["backtest ARE", are_reading(rec.backtest_are)],
+        ["seed-noise floor", floor_reading(status)],
         ["law", rec.law or NA],
     ]
     out.append(table(["field", "value"], rows))
@@ -180,7 +211,8 @@ def law_section(status: TrainingCampaignStatus, figures: Mapping[str, str | None
         if exponent is not None:
             facts.append(f"compute-optimal allocation N_opt ∝ C^{exponent.params_exponent:.3f}, "
                          f"D_opt ∝ C^{exponent.tokens_exponent:.3f}")
-        out += ["", "; ".join(facts) + ".", "", f"Backtest ARE: {are_reading(law.backtest_are)}."]
+        out += ["", "; ".join(facts) + ".", "", f"Backtest ARE: {are_reading(law.backtest_are)}.", "",
+                f"Seed-noise floor: {floor_reading(status)}."]
         if not law.ci_low:
             out += ["", "No intervals: the fit was not bootstrapped."]
         if law.mode != "full":
@@ -229,6 +261,11 @@ def plan_section(status: TrainingCampaignStatus, figures: Mapping[str, str | Non
             f"{fmt.flops(plan.margin_flops)} is a margin never planned; planned {fmt.flops(plan.planned_flops)} "
             f"at an expected MFU of {plan.mfu:.0%}; measured MFU "
             f"{fmt.percent(status.measured_mfu) if status.measured_mfu is not None else NA}."]
+    if plan.studies:
+        out += ["", "Search design (one hyperparameter at a time; pairs only where they interact):", "",
+                table(["study", "phase", "varies", "runs", "FLOPs"],
+                      [[s.name, PHASE_TITLES.get(s.phase, s.phase), s.varies, s.runs, fmt.flops(s.flops)]
+                       for s in plan.studies], "lllrr")]
     notes = [f"{PHASE_TITLES[n]}: {note}" for n in PHASES for note in phases[n].notes]
     if notes or plan.warnings or plan.dropped:
         out.append("")
@@ -257,6 +294,52 @@ def tuning_section(status: TrainingCampaignStatus, figures: Mapping[str, str | N
                                         if tuning.round2_best_fraction is not None else "."))
     if _runs_of(status, "round2") or figures.get(plots.ROUND2_CURVES, "") is None:
         out += ["", figure(figures, plots.ROUND2_CURVES, "Round 2 training curves")]
+    return "\n".join(out)
+
+
+def bets_section(status: TrainingCampaignStatus, figures: Mapping[str, str | None]) -> str:
+    """How far the chosen hyperparameters and the predicted loss can be trusted at the target size."""
+    out = ["## Trust at the target size", "", "### Learning-rate transfer across proxy widths", ""]
+    transfer = status.tuning.transfer
+    if transfer is None:
+        out.append("Transfer check: not available (Round 1 has not finished, or was not planned).")
+    else:
+        out.append(f"Verdict: **{transfer.verdict}** ({transfer.parameterization or 'mup'}). "
+                   f"{(transfer.message or '').strip()}.")
+        if transfer.widths:
+            rows = [[w.d_model, fmt.exact(w.params), fmt.lr(w.learning_rate), _interval(w.lr_low, w.lr_high, 3),
+                     w.on_edge or "no", w.points] for w in sorted(transfer.widths, key=lambda w: -w.d_model)]
+            out += ["", table(["width", "parameters", "best LR (parabola in log-LR)", "95% interval",
+                               "on the grid's edge", "points"], rows, "rrrlll")]
+        if transfer.exponent is not None:
+            out += ["", f"Power law of the best LR: η_opt = {fmt.sig(transfer.coefficient, 3)} · N^"
+                    f"{fmt.sig(transfer.exponent, 3)} (exponent 95% interval "
+                    f"{_interval(transfer.exponent_low, transfer.exponent_high, 3)}; weighted least squares in log "
+                    "space, errors propagated from each width's optimum). Target "
+                    f"({fmt.count(transfer.target_params)} params): lr **{fmt.lr(transfer.learning_rate)}** "
+                    f"{_interval(transfer.lr_low, transfer.lr_high, 3)}."]
+    out += ["", figure(figures, plots.LR_TRANSFER, "Best learning rate vs parameters across proxy widths"),
+            "", "### Seed-noise floor", "", f"{floor_reading(status)}."]
+    floor = status.noise_floor
+    if floor is not None and floor.losses:
+        out += ["", f"Final losses of the {floor.seeds} seeds at {fmt.count(floor.params)} params: "
+                + ", ".join(fmt.loss(v) for v in floor.losses) + (f" (sd {floor.sd:.4f})." if floor.sd else ".")]
+    out += ["", "### Partial target training", ""]
+    check = status.partial_check
+    if check is None:
+        out.append("Partial check: not available (final.partialCheck is off, or the final run has not started).")
+    else:
+        change = f"{check.change:+.4f}" if check.change is not None else NA
+        rows = [["before (ladder only)", fmt.loss(check.loss_before), _interval(check.low_before, check.high_before)],
+                [f"after (+ the final run's curve to {fmt.percent(check.fraction, 0)})", fmt.loss(check.loss_after),
+                 _interval(check.low_after, check.high_after)],
+                ["change", change, ""],
+                ["observed final loss", fmt.loss(check.final_loss), ""]]
+        out += [table(["prediction of the final loss", "loss", "95% interval"], rows, "lrl"), "",
+                f"{(check.message or '').strip()}.", "",
+                "The partial curve runs on the full run's schedule, so its points are mid-schedule (higher LR than at "
+                "the end), like the ladder's own intermediate checkpoints; the refit weighs it as much as the whole "
+                "ladder, being the only evidence at the target size."]
     return "\n".join(out)
 
 
@@ -298,6 +381,7 @@ def render(spec: TrainingCampaignSpec, status: TrainingCampaignStatus, campaign_
         law_section(status, figures),
         plan_section(status, figures),
         tuning_section(status, figures),
+        bets_section(status, figures),
         runs_section(status),
         "## Limits\n\n" + LIMITS.rstrip(),
     ]

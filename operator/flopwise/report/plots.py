@@ -28,6 +28,7 @@ LADDER_CURVES = "ladder_curves.png"
 ROUND1_SWEEP = "round1_sweep.png"
 BUDGET_BURNDOWN = "budget_burndown.png"
 ROUND2_CURVES = "round2_curves.png"
+LR_TRANSFER = "lr_transfer.png"
 
 
 def _figure(width: float = 7.5, height: float = 4.8) -> Any:
@@ -271,16 +272,19 @@ def plot_round1_sweep(status: TrainingCampaignStatus, path: Path) -> Path | None
         return None
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
-    warmups = sorted({r.warmup_fraction for r in runs})
+    widths = sorted({r.shape.d_model for r in runs}, reverse=True)
+    groups = sorted({(r.shape.d_model, r.warmup_fraction) for r in runs}, key=lambda g: (-g[0], g[1]))
     cmap = _colormap("tab10")
     good = [(r, loss) for r in runs if (loss := _sweep_loss(r)) is not None]
     bad = [r for r in runs if _sweep_loss(r) is None]
     losses = [loss for _, loss in good]
-    for i, warmup in enumerate(warmups):
-        points = sorted((r.learning_rate, loss) for r, loss in good if r.warmup_fraction == warmup)
+    for i, (width, warmup) in enumerate(groups):
+        points = sorted((r.learning_rate, loss) for r, loss in good
+                        if r.warmup_fraction == warmup and r.shape.d_model == width)
+        label = f"warmup {warmup:g}" if len(widths) == 1 else f"width {width}, warmup {warmup:g}"
         if points:
             ax.plot([x for x, _ in points], [y for _, y in points], marker="o", linewidth=1.5, color=cmap(i % 10),
-                    label=f"warmup {warmup:g}")
+                    linestyle="-" if width == widths[0] else "--", label=label)
     if losses:
         lo, hi = min(losses), max(losses)
         pad = 0.1 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1.0)
@@ -291,10 +295,10 @@ def plot_round1_sweep(status: TrainingCampaignStatus, path: Path) -> Path | None
         ax.set_ylim(0.0, 1.2)
         ax.set_yticks([])
     if bad:
-        colour_of = {w: cmap(i % 10) for i, w in enumerate(warmups)}
+        colour_of = {g: cmap(i % 10) for i, g in enumerate(groups)}
         for record in bad:
             ax.plot([record.learning_rate], [top], marker="x", markersize=10, markeredgewidth=2,
-                    color=colour_of[record.warmup_fraction], linestyle="none")
+                    color=colour_of[(record.shape.d_model, record.warmup_fraction)], linestyle="none")
         ax.axhline(top, color="grey", linewidth=0.6, linestyle=":")
         ax.annotate("× diverged / failed (no final loss)", xy=(0.01, top), xycoords=("axes fraction", "data"),
                     xytext=(0, 5), textcoords="offset points", fontsize=8, color="dimgrey")
@@ -313,8 +317,8 @@ def plot_round1_sweep(status: TrainingCampaignStatus, path: Path) -> Path | None
     ax.set_xlabel("peak learning rate")
     ax.set_ylabel("final " + LOSS_LABEL)
     proxy = runs[0]
-    ax.set_title(f"Round 1: learning-rate sweep at {fmt.count(proxy.params)} params, "
-                 f"{fmt.count(proxy.tokens)} tokens")
+    where = f"{fmt.count(proxy.params)} params" if len(widths) == 1 else f"{len(widths)} widths"
+    ax.set_title(f"Round 1: learning-rate sweep at {where}, {fmt.count(proxy.tokens)} tokens")
     ax.grid(True, which="both", alpha=0.25)
     _legend(ax, fontsize=8, loc="upper center")
     return _save(fig, path)
@@ -362,12 +366,53 @@ def plot_budget_burndown(status: TrainingCampaignStatus, path: Path) -> Path | N
     return _save(fig, path)
 
 
+def plot_lr_transfer(status: TrainingCampaignStatus, path: Path) -> Path | None:
+    """Best LR vs parameters: each width's optimum with its 95% interval, the fitted power law extended to
+    the target, and the LR the target gets (extrapolated, or transferred from the largest proxy)."""
+    transfer = status.tuning.transfer
+    if transfer is None or not transfer.widths:
+        return None
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    for w in transfer.widths:
+        ax.errorbar([w.params], [w.learning_rate], yerr=[[w.learning_rate - w.lr_low], [w.lr_high - w.learning_rate]],
+                    fmt="o", color="tab:blue", capsize=4, zorder=3,
+                    label=None if w is not transfer.widths[0] else "best LR per proxy width (95% interval)")
+        ax.annotate(f"width {w.d_model}" + (f" ({w.on_edge} edge)" if w.on_edge else ""), (w.params, w.learning_rate),
+                    xytext=(6, 6), textcoords="offset points", fontsize=8)
+    xs = [w.params for w in transfer.widths]
+    target = transfer.target_params
+    if transfer.exponent is not None and transfer.coefficient is not None:
+        high = max([*xs, target or 0]) * 1.3
+        low = min(xs) / 1.3
+        grid = [low * (high / low) ** (i / 63) for i in range(64)]
+        ax.plot(grid, [transfer.coefficient * n**transfer.exponent for n in grid], color="grey", linestyle="--",
+                label=f"fit η_opt ∝ N^{transfer.exponent:.3f} [{fmt.sig(transfer.exponent_low, 3)}, "
+                      f"{fmt.sig(transfer.exponent_high, 3)}]")
+    if target and _finite(transfer.learning_rate):
+        lr = transfer.learning_rate
+        yerr = None
+        if _finite(transfer.lr_low) and _finite(transfer.lr_high):
+            yerr = [[max(lr - transfer.lr_low, 0.0)], [max(transfer.lr_high - lr, 0.0)]]
+        ax.errorbar([target], [lr], yerr=yerr, fmt="*", color="crimson", markersize=13, capsize=5, zorder=4,
+                    label=f"target {fmt.count(target)} params: lr {lr:.3g} ({transfer.verdict})")
+    _log_x(ax, fmt.count)
+    ax.set_yscale("log")
+    ax.set_xlabel("parameters N")
+    ax.set_ylabel("best peak learning rate")
+    ax.set_title(f"LR transfer across widths ({transfer.parameterization or 'mup'}): {transfer.verdict}")
+    ax.grid(True, which="both", alpha=0.25)
+    _legend(ax, fontsize=8, loc="best")
+    return _save(fig, path)
+
+
 PLOTS: dict[str, Callable[[TrainingCampaignStatus, Path], Path | None]] = {
     LOSS_VS_COMPUTE: plot_loss_vs_compute,
     LADDER_CURVES: plot_ladder_curves,
     ROUND1_SWEEP: plot_round1_sweep,
     BUDGET_BURNDOWN: plot_budget_burndown,
     ROUND2_CURVES: plot_round2_curves,
+    LR_TRANSFER: plot_lr_transfer,
 }
 
 
