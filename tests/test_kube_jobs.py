@@ -240,3 +240,27 @@ def test_gpus_per_run_must_fill_whole_nodes() -> None:
 
     with pytest.raises(CampaignError, match=r"spec\.gpuPool\.gpusPerRun: 12 GPUs do not fill whole nodes of 8"):
         parse_campaign(campaign_doc(gpuType="H100", peakFlops=None, gpusPerRun=12, gpusPerNode=8))
+
+
+def test_run_outputs_on_a_claim_live_in_the_campaign_uid_folder() -> None:
+    """With trainer.outputClaimName a relaunched Job (and the partial check's second leg) sees the earlier
+    attempt's checkpoint at the same path; the uid folder keeps a deleted namesake's checkpoints out of reach."""
+    doc = campaign_doc()
+    doc["spec"]["trainer"] = {"outputClaimName": "flopwise-runs"}
+    spec, _, record = first_launch(doc)
+    job = jobs.run_job("tiny", UID, "research", record, spec)
+    pod = job["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["output"] == {"name": "output", "persistentVolumeClaim": {"claimName": "flopwise-runs"}}
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "output")
+    assert mount == {"name": "output", "mountPath": jobs.OUTPUT_ROOT, "subPath": UID}
+    other = jobs.run_job("tiny", "another-uid", "research", record, spec)
+    assert next(m for m in other["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+                if m["name"] == "output")["subPath"] == "another-uid"
+    # without a claim: an emptyDir, and the spec says what that costs
+    spec, _, record = first_launch(campaign_doc())
+    pod = jobs.run_job("tiny", UID, "research", record, spec)["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in pod["volumes"]}["output"] == {"name": "output", "emptyDir": {}}
+    doc["spec"]["trainer"] = {"outputClaimName": "Bad_Name"}
+    with pytest.raises(Exception, match="outputClaimName"):
+        first_launch(doc)

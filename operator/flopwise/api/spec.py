@@ -274,6 +274,11 @@ class Trainer(ApiModel):
     command: list[Annotated[str, Field(max_length=4096)]] | None = Field(default=None, max_length=64)
     args: list[Annotated[str, Field(max_length=4096)]] = Field(default_factory=list, max_length=64)
     resources: Resources = Field(default_factory=Resources)
+    output_claim_name: str | None = Field(
+        default=None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="PersistentVolumeClaim (ReadWriteMany when runs share nodes) for run outputs, one folder per "
+                    "campaign uid: a relaunched Job resumes its checkpoint and the partial check's second leg finds "
+                    "the first's. Unset: an emptyDir per Pod (a relaunch starts over; no partial check on a cluster)")
 
 
 class Final(ApiModel):

@@ -209,12 +209,14 @@ def run_job(campaign: str, uid: str, namespace: str, record: RunRecord, spec: Tr
     volumes: list[dict[str, Any]] = [
         {"name": "run-spec", "configMap": {"name": config_map_name(campaign, record.run_id),
                                            "items": [{"key": SPEC_KEY, "path": SPEC_KEY}]}},
-        {"name": "output", "emptyDir": {}},
+        # On a claim, the campaign's uid is its folder: a deleted namesake's checkpoints are never resumed.
+        {"name": "output", "persistentVolumeClaim": {"claimName": spec.trainer.output_claim_name}}
+        if spec.trainer.output_claim_name else {"name": "output", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {}},
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "run-spec", "mountPath": SPEC_DIR, "readOnly": True},
-        {"name": "output", "mountPath": OUTPUT_ROOT},
+        {"name": "output", "mountPath": OUTPUT_ROOT, **({"subPath": uid} if spec.trainer.output_claim_name else {})},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
     if spec.dataset.claim_name:
