@@ -95,6 +95,7 @@ class Reconciler:
         self._written: dict[CampaignKey, str] = {}  # the resourceVersion of our latest status write
         self._verify: set[CampaignKey] = set()  # observe by listing next time (the periodic resync)
         self._deferred: dict[CampaignKey, tuple[Any, ...]] = {}  # a new campaign's launches after its first
+        self._unpersisted: dict[CampaignKey, tuple[Any, ...]] = {}  # (inputs, decision) of a pass not yet written
         self._indexed: bool | None = None
         self._server = "unknown"
         # asks for another pass: set by the work queue's owner (handlers.py)
@@ -127,6 +128,7 @@ class Reconciler:
 
     def forget(self, key: CampaignKey, uid: str | None) -> None:
         self._written.pop(key, None)
+        self._unpersisted.pop(key, None)
         self._deferred.pop(key, None)
         self._verify.discard(key)
         if uid:
@@ -207,8 +209,16 @@ class Reconciler:
         executor = KubernetesExecutor(core, batch, namespace=namespace, campaign=name, uid=uid, spec=spec,
                                       rejected=rejected, forbidden=forbidden, cache=None if verify else self.cache)
         observations = executor.observe(status.runs)
-        decision = reconcile(spec, status, observations, now=time.time(), generation=generation,
-                             seed=campaign_seed(name), options=SETTINGS.options)
+        # The same campaign version and observations as a pass that failed to persist (API server away):
+        # reuse its decision rather than fit again on every back-off retry.
+        signature = (meta.get("resourceVersion"), repr(spec), repr(observations))
+        held = self._unpersisted.pop(key, None)
+        if held is not None and held[0] == signature:
+            decision = held[1]
+        else:
+            decision = reconcile(spec, status, observations, now=time.time(), generation=generation,
+                                 seed=campaign_seed(name), options=SETTINGS.options)
+        self._unpersisted[key] = (signature, decision)
         new = decision.status
         self._budget_condition(new, refused, generation)
         self._spec_valid_again(new, generation, permitted=not decision.launches)
@@ -219,6 +229,7 @@ class Reconciler:
             # Our own write's watch echo is not news, so look once more ourselves: a pass that changed something
             # may enable the next step (a refused Job, say, produces no event at all).
             self.requeue(key)
+        self._unpersisted.pop(key, None)  # persisted: a later pass starts from the new status
         launches = decision.launches
         if not old.get("plan") and len(launches) > 1:
             # A new campaign: its first Job now, the rest on its next pass (queued behind every other new
