@@ -121,7 +121,7 @@ def proc_mem_mb(pid: int) -> tuple[float, float]:
 
 
 class Operator:
-    def __init__(self, cp: ControlPlane, namespace: str, log: Path, resamples: int, grid: str):
+    def __init__(self, cp: ControlPlane, namespace: str, log: Path, resamples: int, grid: str, workers: int):
         self.port = free_port()
         self.metrics_port = free_port()
         env = cp.env()
@@ -129,7 +129,8 @@ class Operator:
         self.cmd = [sys.executable, "-m", "flopwise.cli.operator_cmd", "--namespace", namespace,
                     "--bootstrap-resamples", str(resamples), "--fit-grid", grid,
                     "--liveness", f"http://127.0.0.1:{self.port}/healthz",
-                    "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port)]
+                    "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
+                    "--workers", str(workers)]
         self.log = log
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -371,6 +372,7 @@ def main() -> int:
     ap.add_argument("--lr-points", type=int, default=10, help="spec.tuning.lrGridPoints of each campaign")
     ap.add_argument("--round2-runs", type=int, default=4, help="spec.tuning.round2Runs of each campaign")
     ap.add_argument("--bootstrap-resamples", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=8, help="the operator's --workers")
     ap.add_argument("--fit-grid", choices=["coarse", "hoffmann"], default="coarse")
     ap.add_argument("--keep", action="store_true", help="keep the control plane's folder and the operator log")
     args = ap.parse_args()
@@ -419,7 +421,7 @@ def main() -> int:
         background_rate = (resource_total(m1) - resource_total(m0)) / (t1 - t0)
         print(f"idle control plane: {background_rate:.2f} API requests/s (background)")
 
-        op = Operator(cp, ns, logdir / "operator.log", args.bootstrap_resamples, args.fit_grid)
+        op = Operator(cp, ns, logdir / "operator.log", args.bootstrap_resamples, args.fit_grid, args.workers)
         t_op = time.monotonic()
         cp.wait_for(op.ready, timeout=60, interval=0.2, what="the operator's liveness endpoint")
         print(f"operator pid {op.pid} ready in {time.monotonic() - t_op:.1f} s "

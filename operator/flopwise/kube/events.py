@@ -37,11 +37,11 @@ def event_for(campaign_meta: dict[str, Any], reason: str, message: str, now: dat
 
 
 class EventPoster:
-    def __init__(self, limit: int = 5000):
+    def __init__(self, limit: int = 5000, threads: int = 2):
         self._queue: collections.deque[tuple[Any, dict[str, Any]]] = collections.deque()
-        self._limit = limit
+        self._limit, self._threads = limit, threads
         self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._started = False
         self.dropped = 0
 
     def post(self, core: Any, campaign_meta: dict[str, Any], events: list[tuple[str, str]]) -> None:
@@ -56,9 +56,10 @@ class EventPoster:
                     if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
                         log.warning("%d Kubernetes Events dropped: the API server is not keeping up", self.dropped)
                 self._queue.append((core, event_for(campaign_meta, reason, message, now)))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="flopwise-events", daemon=True)
-                self._thread.start()
+            if not self._started:
+                self._started = True
+                for i in range(self._threads):
+                    threading.Thread(target=self._run, name=f"flopwise-events-{i}", daemon=True).start()
             self._cond.notify()
 
     def pending(self) -> int:

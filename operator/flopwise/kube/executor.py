@@ -20,6 +20,7 @@ and ConfigMaps, because a watch may lag (a Job's Complete can be seen before its
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -189,7 +190,7 @@ class KubernetesExecutor:
 
         cm = jobs.run_config_map(self.campaign, self.uid, self.namespace, record, spec)
         try:
-            self.core.create_namespaced_config_map(self.namespace, cm)
+            self.core.create_namespaced_config_map(self.namespace, cm, _preload_content=False)
         except ApiException as error:
             if error.status != 409:
                 raise
@@ -202,7 +203,8 @@ class KubernetesExecutor:
                     raise
         job = jobs.run_job(self.campaign, self.uid, self.namespace, record, self.spec)
         try:
-            created = self.batch.create_namespaced_job(self.namespace, job)
+            # the raw answer: the client's model objects cost more CPU than the create itself under load
+            created = json.loads(self.batch.create_namespaced_job(self.namespace, job, _preload_content=False).data)
         except ApiException as error:
             if error.status == 403:  # RBAC: not a fault of the run; launched again once permitted
                 self.forbidden.add(record.run_id)
@@ -217,7 +219,7 @@ class KubernetesExecutor:
             return False
         self.forbidden.discard(record.run_id)
         if self.cache is not None:  # known at once, not when the watch brings it: the next pass lists nothing
-            self.cache.put_job(_to_dict(self.batch, created))
+            self.cache.put_job(created)
         log.info("created Job %s/%s for run %s", self.namespace, job["metadata"]["name"], record.run_id)
         return True
 

@@ -95,12 +95,12 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     global ELECTION
     settings.posting.level = logging.WARNING  # the engine's own events are posted by the reconciler
     settings.scanning.disabled = not SETTINGS.scanning
+    RECONCILER.apis()  # the client's API modules import lazily (a second of CPU): not on the first apply's path
     QUEUE.start(SETTINGS.workers)
     threading.Thread(target=_resync, name="flopwise-resync", daemon=True).start()
     if SETTINGS.leader_election is not None:
         from kubernetes import client
 
-        RECONCILER.apis()  # loads the kubeconfig / in-cluster config
         namespace, name = SETTINGS.leader_election
         ELECTION = LeaderElection(client.CoordinationV1Api(), namespace=namespace, name=name,
                                   on_change=_leadership)

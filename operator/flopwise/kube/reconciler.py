@@ -172,7 +172,7 @@ class Reconciler:
             log.info("campaign %s/%s changed meanwhile; reconciling again", namespace, name)
             try:
                 body = self.cache.put_campaign(custom.get_namespaced_custom_object(GROUP, VERSION, namespace,
-                                                                                   PLURAL, name))
+                                                                                   PLURAL, name), owned=True)
             except ApiException as error:
                 if error.status == 404:
                     return None
@@ -270,7 +270,7 @@ class Reconciler:
                 if error.status != 409:
                     raise
                 fresh = custom.get_namespaced_custom_object(GROUP, VERSION, meta["namespace"], PLURAL, meta["name"])
-                self.cache.put_campaign(fresh)
+                self.cache.put_campaign(fresh, owned=True)
                 same = (fresh.get("spec") == body.get("spec") and fresh.get("status") == body.get("status")
                         and fresh["metadata"].get("generation") == meta.get("generation")
                         and not fresh["metadata"].get("deletionTimestamp"))
@@ -288,7 +288,7 @@ class Reconciler:
                                                                 meta["name"], patch)
         key = (meta["namespace"], meta["name"])
         self._written[key] = updated["metadata"]["resourceVersion"]
-        self.cache.put_campaign(updated)
+        self.cache.put_campaign(updated, owned=True)
 
     def _show_forbidden(self, body: dict[str, Any], custom: Any, error: Any) -> None:
         """RBAC refused a call: say so on the campaign (condition Degraded, reason Forbidden, the API server's
