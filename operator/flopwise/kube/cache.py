@@ -20,7 +20,8 @@ CampaignKey = tuple[str, str]  # (namespace, name)
 MESSAGE_LIMIT = 4 * 4096  # a termination message is at most 4096 bytes; keep a margin, never more
 
 
-def _get(obj: Any, *path: str) -> Any:
+def get_path(obj: Any, *path: str) -> Any:
+    """obj[path[0]][path[1]]…, or None where a step is missing or not a mapping (API objects are sparse)."""
     for key in path:
         if not isinstance(obj, Mapping):
             return None
@@ -31,29 +32,30 @@ def _get(obj: Any, *path: str) -> Any:
 def _annotations(body: Mapping[str, Any]) -> dict[str, str]:
     kept = (jobs.ANNOTATION_RUN_ID, jobs.ANNOTATION_CAMPAIGN_UID, jobs.ANNOTATION_CAMPAIGN,
             "batch.kubernetes.io/job-completion-index")
-    found = _get(body, "metadata", "annotations") or {}
+    found = get_path(body, "metadata", "annotations") or {}
     return {k: str(found[k]) for k in kept if k in found}
 
 
 def compact_job(body: Mapping[str, Any]) -> dict[str, Any]:
     """The Job as `executor.observe_run` reads it: name, annotations, conditions."""
-    conditions = [{"type": c.get("type"), "status": c.get("status")} for c in _get(body, "status", "conditions") or []]
-    return {"metadata": {"name": _get(body, "metadata", "name"), "annotations": _annotations(body)},
+    conditions = [{"type": c.get("type"), "status": c.get("status")}
+                  for c in get_path(body, "status", "conditions") or []]
+    return {"metadata": {"name": get_path(body, "metadata", "name"), "annotations": _annotations(body)},
             "status": {"conditions": conditions}}
 
 
 def compact_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     """The Pod as `executor.observe_run` reads it: annotations, phase, each container's terminated state."""
     statuses = []
-    for status in _get(body, "status", "containerStatuses") or []:
-        terminated = _get(status, "state", "terminated")
+    for status in get_path(body, "status", "containerStatuses") or []:
+        terminated = get_path(status, "state", "terminated")
         state = {}
         if terminated:
             state = {"terminated": {"exitCode": terminated.get("exitCode"),
                                     "message": (terminated.get("message") or "")[:MESSAGE_LIMIT]}}
         statuses.append({"name": status.get("name"), "state": state})
-    return {"metadata": {"uid": _get(body, "metadata", "uid"), "annotations": _annotations(body)},
-            "status": {"phase": _get(body, "status", "phase"), "containerStatuses": statuses}}
+    return {"metadata": {"uid": get_path(body, "metadata", "uid"), "annotations": _annotations(body)},
+            "status": {"phase": get_path(body, "status", "phase"), "containerStatuses": statuses}}
 
 
 class RunCache:

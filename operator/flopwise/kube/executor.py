@@ -30,7 +30,7 @@ from flopwise.api.status import RunRecord
 from flopwise.contract import RunSpec, RunSummary
 from flopwise.engine.machine import Observation
 from flopwise.kube import jobs
-from flopwise.kube.cache import RunCache
+from flopwise.kube.cache import MESSAGE_LIMIT, RunCache, get_path
 
 log = logging.getLogger("flopwise.kube")
 
@@ -46,22 +46,14 @@ class Snapshot:
     forbidden: set[str] = field(default_factory=set)  # run ids whose Job create was refused for permission
 
 
-def _get(obj: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(obj, dict):
-            return None
-        obj = obj.get(key)
-    return obj
-
-
 def _condition(job: dict[str, Any], kind: str) -> bool:
-    return any(c.get("type") == kind and c.get("status") == "True" for c in _get(job, "status", "conditions") or [])
+    return any(c.get("type") == kind and c.get("status") == "True" for c in get_path(job, "status", "conditions") or [])
 
 
 def terminated_of(pod: dict[str, Any]) -> dict[str, Any] | None:
-    for status in _get(pod, "status", "containerStatuses") or []:
-        if status.get("name") == jobs.CONTAINER or len(_get(pod, "status", "containerStatuses")) == 1:
-            terminated = _get(status, "state", "terminated")
+    for status in get_path(pod, "status", "containerStatuses") or []:
+        if status.get("name") == jobs.CONTAINER or len(get_path(pod, "status", "containerStatuses")) == 1:
+            terminated = get_path(status, "state", "terminated")
             if terminated:
                 return terminated
     return None
@@ -69,7 +61,7 @@ def terminated_of(pod: dict[str, Any]) -> dict[str, Any] | None:
 
 def completion_index(pod: dict[str, Any]) -> int:
     """A Pod's node rank in a multi-node (Indexed) Job; 0 for an ordinary Job's only Pod."""
-    value = (_get(pod, "metadata", "annotations") or {}).get("batch.kubernetes.io/job-completion-index", "0")
+    value = (get_path(pod, "metadata", "annotations") or {}).get("batch.kubernetes.io/job-completion-index", "0")
     return int(value) if str(value).isdigit() else 0
 
 
@@ -89,7 +81,7 @@ def observe_run(run_id: str, snapshot: Snapshot) -> Observation:
             continue
         message = terminated.get("message") or ""
         try:
-            summary = RunSummary.from_message(message[: 4 * 4096])
+            summary = RunSummary.from_message(message[:MESSAGE_LIMIT])
         except ValueError:
             return Observation(run_id, "failed", None)  # garbled or absent: charged its reservation
         ok = terminated.get("exitCode") == 0 and summary.status == "succeeded"
@@ -104,7 +96,7 @@ def observe_run(run_id: str, snapshot: Snapshot) -> Observation:
         if _condition(job, "Complete"):  # complete but its Pod is gone: the result cannot be read
             return Observation(run_id, "failed", None)
         for pod in snapshot.pods.get(run_id, []):
-            if _get(pod, "status", "phase") == "Failed":  # evicted or killed before a container status
+            if get_path(pod, "status", "phase") == "Failed":  # evicted or killed before a container status
                 return Observation(run_id, "failed", None)
         return Observation(run_id, "running")
     if run_id in snapshot.config_maps and run_id not in snapshot.forbidden:
@@ -160,7 +152,7 @@ class KubernetesExecutor:
 
     def _ours(self, obj: dict[str, Any]) -> bool:
         """Made for this campaign object (not a deleted namesake whose Jobs are still being collected)."""
-        annotations = _get(obj, "metadata", "annotations") or {}
+        annotations = get_path(obj, "metadata", "annotations") or {}
         return annotations.get(jobs.ANNOTATION_CAMPAIGN_UID) == self.uid and jobs.ANNOTATION_RUN_ID in annotations
 
     def cached_snapshot(self) -> Snapshot | None:

@@ -27,9 +27,9 @@ from flopwise.kube.cache import CampaignKey, RunCache
 from flopwise.kube.leader import LeaderElection
 from flopwise.kube.reconciler import (  # noqa: F401 - re-exported: what tests and tools import from here
     SETTINGS,
-    TERMINAL,
     Reconciler,
     Settings,
+    is_active,
     merge_patch,
     status_document,
 )
@@ -64,20 +64,13 @@ QUEUE = WorkQueue(_serve, gate=_may_act, on_depth=metrics.observe_queue)
 RECONCILER.requeue = QUEUE.add
 
 
-def _active(body: dict[str, Any]) -> bool:
-    status = body.get("status") or {}
-    running = any(r.get("state") == "Running" for r in status.get("runs") or [])
-    generation = body["metadata"].get("generation")
-    return status.get("phase") not in TERMINAL or running or status.get("observedGeneration") != generation
-
-
 def _resync() -> None:
     """Once a minute: active campaigns are reconciled from a fresh listing (a watch may have missed a deletion)."""
     while True:
         time.sleep(RESYNC_S)
         for key in CACHE.campaign_keys():
             body = CACHE.campaign(key)
-            if body is not None and _active(body):
+            if body is not None and is_active(body):
                 RECONCILER.verify_next(key)
                 QUEUE.add(key)
 

@@ -33,6 +33,14 @@ CONFLICT_RETRIES = 3
 TERMINAL = ("Succeeded", "Failed")
 
 
+def is_active(body: dict[str, Any]) -> bool:
+    """Is there anything to observe or decide: not finished, a run still running, or a spec edit not yet seen."""
+    status = body.get("status") or {}
+    running = any(r.get("state") == "Running" for r in status.get("runs") or [])
+    generation = body["metadata"].get("generation")
+    return status.get("phase") not in TERMINAL or running or status.get("observedGeneration") != generation
+
+
 def _status_or_none(body: dict[str, Any] | None) -> TrainingCampaignStatus | None:
     try:
         return TrainingCampaignStatus.model_validate((body or {}).get("status") or {}) if body else None
@@ -195,8 +203,7 @@ class Reconciler:
         except ValidationError as error:
             log.error("campaign %s/%s: unreadable status, leaving it alone: %s", namespace, name, error)
             return None
-        running = any(r.state == "Running" for r in status.runs)
-        if status.phase in TERMINAL and not running and status.observed_generation == generation:
+        if not is_active(body):
             return status  # finished and nothing changed: nothing to observe
         if jobs.is_gpu(spec) and spec.gpu_pool.nodes_per_run > 1 and not self.indexed_jobs():
             self._multi_node_unavailable(body, custom, spec, generation)
