@@ -1,4 +1,4 @@
-"""Fast Forward vs plain AdamW for LoRA fine-tuning, counted in FLOPs (domain.md §6).
+"""Fast Forward vs plain AdamW for LoRA fine-tuning, counted in FLOPs (Rahamim et al. 2024, arXiv:2409.04206).
 
 Pre-trains a small model on the standard library's top-level modules, then LoRA-fine-tunes it on a shifted
 distribution (a different part of the library, by default ``encodings/*``) twice with the same spec: plain

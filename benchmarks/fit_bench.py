@@ -6,7 +6,7 @@ then the best 8 starts polished (ftol 1e-15, gtol 1e-10); bootstrap resamples (i
 warm-started from the best fit (ftol 1e-12, gtol 1e-8). The reference's objective is a plain single-start
 numpy function, as one would write it for scipy. Also prints the Hitchhiker OPT backtest ARE.
 
-    nice python benchmarks/fit_bench.py [--quick] [--shared PATH]
+    nice python benchmarks/fit_bench.py [--quick] [--anchors PATH]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize
 
-from flopwise.fitting.anchors import load_chinchilla_epoch, load_opt_trajectories
+from flopwise.fitting.anchors import load_chinchilla_epoch, load_opt_trajectories, verified
 from flopwise.fitting.backtest import backtest
 from flopwise.fitting.bootstrap import BOOTSTRAP_FTOL, BOOTSTRAP_GTOL, bootstrap, resample_weights
 from flopwise.fitting.fit import (
@@ -63,12 +63,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="every 10th grid start, 100 resamples")
     parser.add_argument("--resamples", type=int, default=None)
-    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared")
+    parser.add_argument("--anchors", type=Path, default=Path(__file__).resolve().parents[1] / "tests/data/anchors")
     args = parser.parse_args()
     n_boot = args.resamples or (100 if args.quick else 1000)
     starts = HOFFMANN_GRID.starts()[:: 10 if args.quick else 1]
 
-    points = load_chinchilla_epoch(args.shared / "anchors/chinchilla/svg_extracted_data.csv")
+    points = load_chinchilla_epoch(verified(args.anchors / "chinchilla/svg_extracted_data.csv"))
     log_x, log_y = points.log_x, points.log_y
     print(f"Chinchilla points: {len(points)}; grid starts: {len(starts)}; bootstrap resamples: {n_boot}")
 
@@ -122,7 +122,7 @@ def main() -> None:
     ok = obj_rel <= 1e-6 and max(par_rel.values()) <= 1e-3
     print(f"same optimum (objective ≤ 1e-6 rel, parameters ≤ 0.1%): {'yes' if ok else 'NO'}")
 
-    opt = load_opt_trajectories(args.shared / "anchors/hitchhiker/aggregated_eval/opt_trajectories.csv")
+    opt = load_opt_trajectories(verified(args.anchors / "hitchhiker/opt_trajectories.csv"))
     t0 = time.perf_counter()
     bt = backtest(opt, min_tokens=HITCHHIKER_MIN_TOKENS, target_fraction=0.7, mode="full")
     print(f"\nHitchhiker OPT protocol (fit 125m–30b on tokens > 1e10, predict 175b at ≥ 0.7 of its tokens): "

@@ -7,22 +7,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flopwise.fitting.points import FitPoints
+from flopwise.fitting.anchors import verified
+from flopwise.fitting.points import FitInputError, FitPoints
 from flopwise.planning.laws import ScalingLaw
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-CHINCHILLA_CSV = SHARED / "anchors" / "chinchilla" / "svg_extracted_data.csv"
-OPT_CSV = SHARED / "anchors" / "hitchhiker" / "aggregated_eval" / "opt_trajectories.csv"
+ANCHORS = Path(__file__).resolve().parent / "data" / "anchors"
+"""Published data shipped with the tests (tests/data/anchors/README.md): a clone alone passes its tests."""
+CHINCHILLA_CSV = ANCHORS / "chinchilla" / "svg_extracted_data.csv"
+OPT_CSV = ANCHORS / "hitchhiker" / "opt_trajectories.csv"
 
 TRUE_LAW = ScalingLaw(E=1.8, A=400.0, B=2000.0, alpha=0.34, beta=0.37, name="synthetic")
 """Close to Epoch's refit, so the synthetic campaigns look like real ones."""
 
 
 def anchor(path: Path) -> Path:
-    if not path.is_file():
-        pytest.fail(f"anchor data missing: {path} (the shared folder must sit beside the repository)")
-    return path
+    """The anchor file, after its checksum is verified (a changed or missing file fails the test, naming it)."""
+    try:
+        return verified(path)
+    except FitInputError as error:
+        pytest.fail(str(error))
 
 
 def grid_design(n_sizes: int = 6, n_ratios: int = 8) -> tuple[np.ndarray, np.ndarray]:

@@ -56,8 +56,9 @@ def _leaf_paths(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tu
 
 
 PATHS = _leaf_paths(TrainingCampaignSpec)
-NASTY = ["$(reboot)", "`id`", "; rm -rf / #", "a\nb", "\u202eevil", "../../etc/passwd", "💥" * 20, "\x00", "-",
-         "UPPER_case.dots", "x" * 64, "ünïcödé", "'\"", "--help", "0", " leading", "a" * 300]
+NASTY = ["$(reboot)", "`id`", "; rm -rf / #", "a\nb", "\u202eevil",
+         "../../etc/passwd",  # path-scan: not a path (a hostile name, never opened)
+         "💥" * 20, "\x00", "-", "UPPER_case.dots", "x" * 64, "ünïcödé", "'\"", "--help", "0", " leading", "a" * 300]
 ATOMS = st.one_of(
     st.none(), st.booleans(),
     st.integers(min_value=-(2**70), max_value=2**70),

@@ -17,7 +17,8 @@ from flopwise.planning.laws import (
     tokens_for_params,
 )
 
-# Hoffmann et al. 2022, Table 3 (N → FLOPs / tokens), as listed in shared/docs/domain.md.
+# Hoffmann et al. 2022, Table 3 (N → FLOPs / tokens). For 175B under Approach 3 the paper prints 1.26e24;
+# 6 · 175e9 · 12e12 = 1.26e25, which is what is held here.
 TABLE3 = {
     "chinchilla-1": [(400e6, 1.92e19, 8.0e9), (1e9, 1.21e20, 20.2e9), (10e9, 1.23e22, 205.1e9),
                      (67e9, 5.76e23, 1.5e12), (175e9, 3.85e24, 3.7e12), (1e12, 1.27e26, 21.2e12)],

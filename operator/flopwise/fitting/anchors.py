@@ -1,4 +1,5 @@
-"""Loaders for the two published data sets the fitter is checked against (files live in ``shared/anchors``).
+"""Loaders for the two published data sets the fitter is checked against (the files ship with the tests, in
+``tests/data/anchors/<source>/``, each beside a ``SHA256SUMS`` that :func:`verified` checks).
 
 * Chinchilla's Figure-4 points as extracted by Epoch AI, with Epoch's preprocessing: drop the 5 highest
   losses (keep loss < the 5th-highest), D = C / (6N).
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,29 @@ from flopwise.fitting.points import FitInputError, FitPoints
 OPT_BATCH_TOKENS: dict[str, float] = {"125m": 0.5e6, "1.3b": 1e6, "6.7b": 2e6, "13b": 4e6, "30b": 4e6, "175b": 2e6}
 OPT_PARAMS: dict[str, float] = {"125m": 125e6, "1.3b": 1.3e9, "6.7b": 6.7e9, "13b": 13e9, "30b": 30e9, "175b": 175e9}
 """Nominal sizes, as the family names them (the Hitchhiker's data uses the names)."""
+
+
+def verified(path: str | Path) -> Path:
+    """``path``, once its sha256 matches the line for it in the ``SHA256SUMS`` beside it (``sha256sum`` format).
+
+    Raises FitInputError naming the file when it is missing, unlisted or changed: a fitter held to published
+    numbers must be reading the published data."""
+    path = Path(path)
+    sums = path.parent / "SHA256SUMS"
+    if not path.is_file():
+        raise FitInputError(f"anchor data missing: {path}")
+    listed = {}
+    if sums.is_file():
+        for line in sums.read_text().splitlines():
+            digest, _, name = line.strip().partition("  ")
+            listed[name.lstrip("*")] = digest
+    expected = listed.get(path.name)
+    if expected is None:
+        raise FitInputError(f"{path.name} has no checksum in {sums}")
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    if actual != expected:
+        raise FitInputError(f"{path}: sha256 {actual} differs from {expected} in {sums}; restore the published file")
+    return path
 
 
 def load_chinchilla_epoch(path: str | Path, drop_highest: int = 5) -> FitPoints:
