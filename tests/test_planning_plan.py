@@ -74,18 +74,27 @@ def test_cluster_example_plan_is_inside_its_budget_and_shares() -> None:
     for name, phase in plan.phases().items():
         assert phase.flops <= phase.allotted_flops * (1 + 1e-12), name
         assert phase.flops == pytest.approx(sum(r.flops for r in phase.runs))
-    sizes = [r.params for r in plan.ladder.runs if r.role == "ladder"]
-    assert len(sizes) == 6 and sizes == sorted(sizes) and len(set(sizes)) == 6
+    ladder = [r for r in plan.ladder.runs if r.role == "ladder"]
+    assert campaign.spec.ladder.design == "isoflop"  # the default design
+    levels = sorted({r.level for r in ladder})
+    assert levels == list(range(campaign.spec.ladder.levels))
+    for level in levels:  # each level: at least three sizes, all at the level's compute
+        runs = [r for r in ladder if r.level == level]
+        assert len({r.params for r in runs}) >= 3
+        assert max(r.flops for r in runs) / min(r.flops for r in runs) < 1.02
+    tops = [max(r.flops for r in ladder if r.level == level) for level in levels]
+    for a, b in itertools.pairwise(tops):  # levels a levelRatio apart
+        assert a / b == pytest.approx(campaign.spec.ladder.level_ratio, rel=0.02)
+    assert min(r.steps for r in ladder) >= campaign.spec.ladder.min_steps
     seeds = [r for r in plan.ladder.runs if r.role == "seed"]  # ladder.seeds (default 3): two replicas
-    assert len(seeds) == 2 and all(r.shape == plan.ladder.runs[0].shape for r in seeds)
+    source = min(ladder, key=lambda r: (r.flops, r.run_id))
+    assert len(seeds) == 2 and all(r.shape == source.shape and r.tokens == source.tokens for r in seeds)
     assert [r.seed_offset for r in seeds] == [1, 2]
-    assert sizes[-1] < plan.target.params
-    ratios = [b / a for a, b in itertools.pairwise(sizes)]
-    assert max(ratios) / min(ratios) < 1.6, ratios  # log-uniform spacing, up to shape rounding
+    assert max(r.params for r in ladder) < plan.target.params
     # every run is priced from its exact FLOPs
     for run in plan.all_runs():
         assert run.flops == pytest.approx(run.shape.flops_per_token() * run.tokens)
-        assert run.tokens == run.steps * run.batch_size * run.shape.seq_len
+        assert run.tokens == (run.steps - run.start_step) * run.batch_size * run.shape.seq_len
     # Round 1 is a learning-rate grid around the base guess; Round 2 has at most round2Runs runs
     lrs = sorted({r.learning_rate for r in plan.round1.runs})
     assert len(lrs) == 5 and lrs[2] == pytest.approx(campaign.spec.tuning.base_learning_rate)
@@ -157,7 +166,7 @@ def test_any_plannable_budget_is_planned_within_budget(flops, ladder, round1, ro
         assert error.field.startswith("spec.")
         return
     assert plan.planned_flops <= flops * (1 - margin) * (1 + 1e-9)
-    assert len(plan.ladder.runs) >= 5
+    assert len({r.params for r in plan.ladder.runs}) >= 5
     for phase in plan.phases().values():
         assert phase.flops <= phase.allotted_flops * (1 + 1e-9)
 
@@ -180,15 +189,27 @@ def test_budget_that_cannot_pay_for_the_new_studies_drops_them_and_says_so() -> 
     assert len([r for r in plan.ladder.runs if r.role == "seed"]) == 2
 
 
-def test_partial_check_needs_a_final_run_and_is_free() -> None:
+def test_partial_check_needs_a_final_run_and_costs_only_its_cooldown() -> None:
     doc = example("cluster-h100-50k.yaml")
     doc["spec"]["final"] = {"enabled": False, "partialCheck": True}
     with pytest.raises(CampaignError) as error:
         parse_campaign(doc)
     assert "spec.final.partialCheck" in str(error.value) and "final.enabled" in str(error.value)
     doc["spec"]["final"] = {"enabled": True, "partialCheck": True}
-    plan = plan_campaign(parse_campaign(doc).spec)
-    plain = copy.deepcopy(doc)
-    plain["spec"]["final"] = {"enabled": True}
-    assert plan.final.flops == plan_campaign(parse_campaign(plain).spec).final.flops
+    spec = parse_campaign(doc).spec
+    plan = plan_campaign(spec)
+    leg, main = plan.final.runs
+    assert leg.run_id == "final-00-p" and main.branch_of == leg.run_id
+    assert leg.checkpoints_at == [main.start_step]  # the final run resumes the leg's stable-phase checkpoint
+    assert leg.steps == pytest.approx(spec.final.partial_fraction * main.steps, abs=1)
+    assert leg.steps - main.start_step == pytest.approx(spec.tuning.decay_fraction * leg.steps, abs=1)
+    # the extra cost is the leg's cooldown, no more
+    extra = leg.flops + main.flops - main.shape.flops_per_token() * main.trajectory_tokens
+    step = main.shape.flops_per_token() * main.batch_size * main.shape.seq_len
+    assert extra == pytest.approx((leg.steps - main.start_step) * step)
+    assert plan.final.flops <= plan.final.allotted_flops * (1 + 1e-12)
     assert any("partial check" in note for note in plan.final.notes)
+    doc["spec"]["tuning"]["schedule"] = "cosine"  # no stable phase to cool down from: refused, naming both fields
+    with pytest.raises(CampaignError) as error:
+        parse_campaign(doc)
+    assert "spec.final.partialCheck" in str(error.value) and "tuning.schedule" in str(error.value)

@@ -245,6 +245,14 @@ class RunSpec(_Strict):
                     "continued when this run has none of its own; the summary then counts this leg's tokens and "
                     "FLOPs only")
 
+    resume_step: int | None = Field(
+        default=None, ge=1, alias="resumeStep",
+        description="with resumeFrom: branch from the checkpoint that run kept at this step (its schedule must "
+                    "equal this run's on every earlier step)")
+    save_checkpoints_at: list[int] = Field(
+        default_factory=list, max_length=64, alias="saveCheckpointsAt",
+        description="steps at which to keep a checkpoint for branches (checkpoint-step-XXXXXXXX.pt)")
+
     @model_validator(mode="after")
     def _stop_inside_the_run(self) -> RunSpec:
         if self.stop_at_step is not None and self.stop_at_step > self.total_steps:

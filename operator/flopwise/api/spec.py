@@ -226,11 +226,15 @@ class Tuning(ApiModel):
     lr_grid_points: int = Field(default=5, ge=3, le=25)
     lr_grid_factor: float = Field(default=2.0, gt=1.0, le=10.0, description="ratio between neighbouring LRs")
     warmup_fractions: list[Fraction] = Field(default_factory=lambda: [0.02], min_length=1, max_length=8)
-    schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
-    decay_fraction: Fraction = Field(default=0.2, description="linear/wsd: share of Round 1's steps spent decaying")
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = Field(
+        default="wsd", description="wsd: warmup, constant, then a linear cooldown over decayFraction of the run; "
+        "linear: warmup then a linear decay to the end; cosine: to 10% at the end; constant")
+    decay_fraction: Fraction = Field(default=0.2, description="wsd: share of a run's steps spent cooling down "
+                                     "(Round 2 compares it with twice as long when it has the runs)")
     batch_tokens: int = Field(default=524_288, ge=1, le=1 << 40, description="tokens per optimiser step")
     round1_length_fraction: Fraction = Field(default=0.1, description="Round 1 run length vs a full-length run")
-    round2_runs: int = Field(default=2, ge=0, le=16, description="best Round-1 points rerun at full length")
+    round2_runs: int = Field(default=2, ge=0, le=16, description="full-length runs at the proxy whose final losses "
+                             "decide the learning rate (and, from the third, the cooldown length)")
     round2_length_fraction: Fraction = Field(default=1.0, description="Round 2 run length vs a full-length run")
     max_retries: int = Field(default=1, ge=0, le=10, description="reruns of a failed run before it is charged")
     proxy_widths: int = Field(default=2, ge=1, le=4, description="widths Round 1's LR sweep runs at (same depth, "
@@ -252,14 +256,53 @@ class Tuning(ApiModel):
         return self
 
 
-class Ladder(ApiModel):
-    """The scaling ladder: small runs spread log-uniformly below the target, each compute-optimal."""
+LadderDesign = Literal["wsd", "isoflop"]
 
-    sizes: int = Field(default=5, ge=5, le=32)
-    spread: float = Field(default=16.0, ge=2.0, le=1e4, description="largest / smallest parameter count")
+
+class Ladder(ApiModel):
+    """The scaling ladder: runs whose annealed final losses the law is fitted to.
+
+    Two designs give several token counts per size, so that N and D are separately identified (a ladder of
+    one compute-optimal run per size puts every point on one line in log space):
+
+    * ``wsd`` (Hägele et al. 2024, arXiv:2405.18392; MiniCPM): each size trains one warmup-stable-decay run to
+      its largest token count, keeping checkpoints in its stable phase; short cooldowns branched from them end
+      at the other token counts. Each branch is a real final loss at a fraction of a separate run's cost.
+    * ``isoflop`` (Chinchilla's Approach 2, Hoffmann et al. 2022 §3.2; DeepSeek LLM): ``levels`` compute
+      levels, ``sizes`` sizes around the prior's optimum at each; each run its own full schedule. The
+      minima of the loss-vs-size parabolas give N_opt(C) directly, independently of the parametric fit.
+    """
+
+    design: LadderDesign = Field(default="isoflop", description="wsd: trunks with cooldown branches; isoflop: "
+                                 "sizes around the optimum at several compute levels (Chinchilla's Approach 2)")
+    sizes: int = Field(default=5, ge=3, le=32, description="wsd: model sizes (≥ 5); isoflop: sizes per level")
+    spread: float = Field(default=16.0, ge=2.0, le=1e4, description="largest / smallest parameter count: across "
+                          "the ladder (wsd) or within one compute level (isoflop); the wider, the better the "
+                          "exponents are identified")
+    token_multiples: list[Annotated[float, Field(gt=0, le=64)]] = Field(
+        default_factory=lambda: [0.25, 0.5, 1.0, 2.0], min_length=3, max_length=8,
+        description="wsd: the token counts each size ends at, as multiples of its compute-optimal tokens under "
+                    "the prior law (≥ 3 spanning ≥ 4×)")
+    levels: int = Field(default=4, ge=2, le=8, description="isoflop: compute levels")
+    level_ratio: float = Field(default=4.0, ge=1.5, le=100.0, description="isoflop: compute ratio between "
+                               "neighbouring levels")
     min_params: int = Field(default=1_000_000, ge=1_000, description="no rung smaller than this")
-    seeds: int = Field(default=3, ge=1, le=16, description="runs of the smallest rung with different seeds (the "
-                       "ladder run is one): their spread is the seed-noise floor of the backtest ARE; 1 turns it off")
+    min_steps: int = Field(default=200, ge=8, le=1_000_000, description="fewest optimiser steps of any ladder run: "
+                           "shorter runs are dominated by seed noise (the batch shrinks to keep this many)")
+    seeds: int = Field(default=3, ge=1, le=16, description="runs of the smallest ladder run's configuration with "
+                       "different seeds (the ladder run is one): their spread is the seed-noise floor; 1 turns it off")
+
+    @model_validator(mode="after")
+    def _design_identifies_the_law(self) -> Ladder:
+        if self.design == "wsd":
+            if self.sizes < 5:
+                raise FieldProblem("sizes", f"the wsd design needs at least 5 sizes to fit the law's exponents "
+                                   f"(got {self.sizes})")
+            multiples = sorted(self.token_multiples)
+            if len(set(multiples)) < 3 or multiples[-1] / multiples[0] < 4 * (1 - 1e-9):
+                raise FieldProblem("tokenMultiples", f"{multiples}: give at least 3 distinct token counts spanning "
+                                   "at least 4× (e.g. [0.25, 0.5, 1, 2]), or N and D cannot be told apart")
+        return self
 
 
 class Resources(ApiModel):
@@ -283,10 +326,11 @@ class Trainer(ApiModel):
 
 class Final(ApiModel):
     enabled: bool = Field(default=False, description="train the recommended model with budget.split.final")
-    partial_check: bool = Field(default=False, description="stop the final run at partialFraction of its tokens "
-                                "(same schedule), refit the law with its curve, then resume it to the end from its "
-                                "checkpoint (the run outputs must be on storage both legs see)")
-    partial_fraction: float = Field(default=0.3, ge=0.05, le=0.9, description="where the partial check stops")
+    partial_check: bool = Field(default=False, description="first train a leg of the final run to partialFraction of "
+                                "its tokens with a cooldown of its own (an annealed point at the target size), refit "
+                                "the law with it, then resume the final run from the leg's stable-phase checkpoint "
+                                "(run outputs must be on storage both legs see; needs tuning.schedule: wsd)")
+    partial_fraction: float = Field(default=0.3, ge=0.05, le=0.9, description="where the partial check ends")
 
     @model_validator(mode="after")
     def _partial_needs_a_final_run(self) -> Final:
@@ -307,6 +351,19 @@ class TrainingCampaignSpec(ApiModel):
     law: PlanningLaw = Field(default="chinchilla-3", description="prior law used until the campaign fits its own")
     trainer: Trainer = Field(default_factory=Trainer)
     final: Final = Field(default_factory=Final)
+
+    @model_validator(mode="after")
+    def _schedules_fit_the_design(self) -> TrainingCampaignSpec:
+        stable = ("wsd", "constant")
+        if self.ladder.design == "wsd" and self.tuning.schedule not in stable:
+            raise FieldProblem("ladder.design", f"the wsd design branches cooldowns off a stable phase, which "
+                               f"tuning.schedule {self.tuning.schedule!r} has not: use tuning.schedule: wsd, or "
+                               "ladder.design: isoflop")
+        if self.final.partial_check and self.tuning.schedule not in stable:
+            raise FieldProblem("final.partialCheck", f"the partial check cools a leg down from the final run's stable "
+                               f"phase, which tuning.schedule {self.tuning.schedule!r} has not: use tuning.schedule: "
+                               "wsd, or turn the check off")
+        return self
 
     @model_validator(mode="after")
     def _dollars_need_a_price(self) -> TrainingCampaignSpec:

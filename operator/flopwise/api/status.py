@@ -13,7 +13,7 @@ from pydantic import Field
 from flopwise.api.spec import ApiModel, Dataset, Ladder, ModelFamily, PlanningLaw, Tuning
 from flopwise.contract import ModelShape, ScheduleSpec
 
-Phase = Literal["Pending", "Planned", "Ladder", "Round1", "Round2", "Final", "Succeeded", "Failed"]
+Phase = Literal["Pending", "Planned", "Round1", "Round2", "Ladder", "Final", "Succeeded", "Failed"]
 RunRole = Literal["ladder", "round1", "round2", "final", "seed"]
 
 
@@ -44,6 +44,18 @@ class PlannedRun(ApiModel):
     learning_rate: float | None = Field(default=None, gt=0)
     warmup_fraction: float | None = Field(default=None, ge=0, le=1)
     seed_offset: int = Field(default=0, ge=0, le=64, description="added to the campaign seed (seed replicas)")
+    start_step: int = Field(default=0, ge=0, description="a branch starts at this step of its schedule (its tokens "
+                            "and FLOPs are its own leg's; steps is the whole schedule's length)")
+    branch_of: str | None = Field(default=None, max_length=200, description="the run whose checkpoint at startStep "
+                                  "this branch resumes")
+    checkpoints_at: list[int] = Field(default_factory=list, max_length=64, description="steps at which this run "
+                                      "keeps a checkpoint for its branches")
+    level: int | None = Field(default=None, ge=0, description="isoflop: the compute level (0 is the largest)")
+
+    @property
+    def trajectory_tokens(self) -> int:
+        """Tokens of the whole schedule this run ends (a branch's include the trunk's part)."""
+        return self.steps * self.batch_size * self.shape.seq_len
 
 
 class StudyPlan(ApiModel):
@@ -144,6 +156,42 @@ class FittedLaw(ApiModel):
     ci_low: dict[str, float] = Field(default_factory=dict)
     ci_high: dict[str, float] = Field(default_factory=dict)
     backtest_are: float | None = Field(default=None, ge=0, description="ARE on held-out largest runs")
+    identified: bool | None = Field(default=None, description="the data pin this law down: no parameter at a "
+                                    "bound, no interval spanning orders of magnitude (None before the final fit)")
+    problems: list[str] = Field(default_factory=list, max_length=8, description="why it is not identified")
+    noise: str | None = Field(default=None, max_length=512, description="the noise the bootstrap drew")
+    notes: list[str] = Field(default_factory=list, max_length=8)
+
+
+class Approach2Status(ApiModel):
+    """Chinchilla's Approach 2: N_opt read off IsoFLOP profiles' minima and extrapolated as a power law of C."""
+
+    params: float | None = Field(default=None, ge=0, description="N_opt at the final budget")
+    params_low: float | None = Field(default=None, ge=0)
+    params_high: float | None = None
+    exponent: float | None = Field(default=None, description="a in N_opt ∝ C^a")
+    exponent_low: float | None = None
+    exponent_high: float | None = None
+    interpolated: bool = Field(default=False, description="profiles interpolated from a WSD ladder's endpoints")
+    levels: int = Field(default=0, ge=0)
+    bracketed: int = Field(default=0, ge=0, description="levels whose minimum lies inside the sizes tried")
+    note: str = Field(default="", max_length=2048)
+
+
+class Allocation(ApiModel):
+    """The compute-optimal size at the final budget, what it rests on, and how sure it is."""
+
+    basis: Literal["full", "borrowed", "approach-2", "prior"] = Field(
+        description="full: the five-parameter fit; borrowed: exponents held at Epoch's refit; approach-2: "
+        "IsoFLOP minima; prior: the planning law, because nothing measured identifies an allocation")
+    flops: float = Field(ge=0)
+    params: float = Field(ge=0)
+    params_low: float | None = Field(default=None, ge=0, description="95% interval")
+    params_high: float | None = None
+    identified: bool = False
+    approach2: Approach2Status | None = None
+    agree: bool | None = Field(default=None, description="the parametric and Approach-2 allocations agree")
+    message: str = Field(default="", max_length=2048)
 
 
 class Prediction(ApiModel):
@@ -228,6 +276,18 @@ class RunRecord(ApiModel):
     stop_at_step: int | None = Field(default=None, ge=1, description="a partial leg stops here (steps is the "
                                      "schedule's length)")
     resume_from: str | None = Field(default=None, max_length=200, description="run whose checkpoint it continues")
+    resume_step: int | None = Field(default=None, ge=1, description="with resumeFrom: the step of that run's kept "
+                                    "checkpoint this run branches from (else its latest checkpoint)")
+    checkpoints_at: list[int] = Field(default_factory=list, max_length=64, description="steps at which it keeps a "
+                                      "checkpoint for branches")
+    level: int | None = Field(default=None, ge=0, description="isoflop: the compute level (0 is the largest)")
+    group: str | None = Field(default=None, max_length=200, description="runs sharing a trajectory (a trunk and "
+                              "its branches): their seed noise is shared, so they are resampled together")
+
+    @property
+    def trajectory_tokens(self) -> int:
+        """Tokens of the whole schedule this record ends: the point it puts on the loss surface."""
+        return (self.stop_at_step or self.steps) * self.batch_size * self.shape.seq_len
 
     def train_steps(self) -> int:
         """Optimiser steps this record trains: its leg of the schedule."""
@@ -260,17 +320,28 @@ class TransferStatus(ApiModel):
     drift: float | None = Field(default=None, ge=1, description="largest ratio between two widths' best LRs")
     tolerance: float | None = Field(default=None, ge=1, description="one grid step (ratio)")
     coefficient: float | None = None
-    exponent: float | None = Field(default=None, description="η_opt ∝ params^exponent")
+    exponent: float | None = Field(default=None, description="η_opt ∝ dModel^exponent (depth held)")
     exponent_low: float | None = None
     exponent_high: float | None = None
     target_params: int | None = Field(default=None, ge=0)
-    learning_rate: float | None = Field(default=None, gt=0, description="the LR for the target size")
+    target_d_model: int | None = Field(default=None, ge=0)
+    learning_rate: float | None = Field(default=None, gt=0, description="the LR for the target's width")
     lr_low: float | None = None
     lr_high: float | None = None
 
 
+class Round2Candidate(ApiModel):
+    """One Round-2 run: the point it tried and the final loss it reached."""
+
+    run_id: str = Field(max_length=200)
+    learning_rate: float = Field(gt=0)
+    decay_fraction: float | None = Field(default=None, ge=0, le=1)
+    final_loss: float | None = None
+
+
 class TuningStatus(ApiModel):
-    """What the tuning rounds decided, and why."""
+    """What the tuning rounds decided, and why. ``learningRate`` (at the Round-1 proxy's width), ``warmupFraction``
+    and ``decayFraction`` are what the ladder and the final run train with."""
 
     round1_best_lr: float | None = None
     round1_best_warmup: float | None = None
@@ -279,7 +350,13 @@ class TuningStatus(ApiModel):
     round1_note: str = ""
     round2_verdict: str = ""
     round2_best_fraction: float | None = Field(default=None, ge=0, le=1, description="best step / total steps")
+    round2_candidates: list[Round2Candidate] = Field(default_factory=list, max_length=16)
     transfer: TransferStatus | None = None
+    learning_rate: float | None = Field(default=None, gt=0, description="the decided learning rate at the proxy's "
+                                        "width")
+    warmup_fraction: float | None = Field(default=None, ge=0, le=1)
+    decay_fraction: float | None = Field(default=None, ge=0, le=1, description="wsd: the decided cooldown share")
+    lr_rule: str = Field(default="", max_length=512, description="how each width's learning rate follows")
 
 
 class NoiseFloorStatus(ApiModel):
@@ -293,9 +370,11 @@ class NoiseFloorStatus(ApiModel):
     floor_are: float | None = Field(default=None, ge=0, description="ARE a perfect law would have: √(2/π)·σ/L")
     floor_are_high: float | None = Field(default=None, ge=0, description="upper 95% bound of floorAre")
     band_are: float | None = Field(default=None, ge=0, description="95% band of one seed's error: 1.96·σ/L")
+    band_are_high: float | None = Field(default=None, ge=0, description="the band at σ's 95% upper bound (k − 1 "
+                                        "degrees of freedom): the verdict's threshold")
     backtest_are: float | None = Field(default=None, ge=0)
-    within_noise: bool | None = Field(default=None, description="backtest ARE inside the noise band: not "
-                                      "distinguishable from a rerun with another seed")
+    within_noise: bool | None = Field(default=None, description="backtest ARE inside the noise band at σ's upper "
+                                      "bound: not distinguishable from a rerun with another seed")
     message: str | None = Field(default=None, max_length=2048)
 
 
@@ -337,8 +416,13 @@ class Recommendation(ApiModel):
     law: str = ""
     learning_rate_low: float | None = None
     learning_rate_high: float | None = None
-    learning_rate_source: str | None = Field(default=None, description="transferred, extrapolated or base")
+    learning_rate_source: str | None = Field(default=None, description="where the LR came from")
     noise_floor_are: float | None = None
+    decay_fraction: float | None = Field(default=None, ge=0, le=1, description="wsd: the cooldown share")
+    basis: str | None = Field(default=None, description="what the size rests on (status.allocation.basis)")
+    identified: bool = Field(default=False, description="the campaign's own data identify the allocation")
+    params_low: float | None = Field(default=None, ge=0, description="95% interval of the compute-optimal size")
+    params_high: float | None = None
 
 
 IMMUTABLE_SECTIONS = ("model", "dataset", "ladder", "tuning", "law")
@@ -371,6 +455,7 @@ class TrainingCampaignStatus(ApiModel):
     runs: list[RunRecord] = Field(default_factory=list, max_length=5000)
     tuning: TuningStatus = Field(default_factory=TuningStatus)
     recommendation: Recommendation | None = None
+    allocation: Allocation | None = None
     measured_mfu: float | None = Field(default=None, ge=0, description="FLOP-weighted MFU of finished runs")
     noise_floor: NoiseFloorStatus | None = None
     partial_check: PartialCheckStatus | None = None

@@ -1,7 +1,7 @@
-"""What the engine concludes from finished runs: the fitted law, Round 1's best point and its transfer across
-widths, Round 2's verdict, the seed-noise floor and the partial-target refit.
+"""What the engine concludes from the tuning rounds and the seeds: Round 1's best point and its transfer across
+widths, Round 2's decision, and the seed-noise floor. (The law and the allocation: `engine.conclude`.)
 
-Pure functions of run records; the fitting itself is `flopwise.fitting` (Hoffmann/Epoch objective).
+Pure functions of run records.
 """
 
 from __future__ import annotations
@@ -9,136 +9,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
-from flopwise.api.status import (
-    FittedLaw,
-    NoiseFloorStatus,
-    Prediction,
-    RunRecord,
-    TransferStatus,
-    WidthOptimum,
-)
+from flopwise.api.status import NoiseFloorStatus, Round2Candidate, RunRecord, TransferStatus, WidthOptimum
 from flopwise.engine import transfer
-from flopwise.fitting.backtest import backtest
-from flopwise.fitting.bootstrap import bootstrap
-from flopwise.fitting.fit import HOFFMANN_GRID, FitResult, StartGrid, fit_points
-from flopwise.fitting.hygiene import clean
-from flopwise.fitting.points import FitInputError, FitPoints
-from flopwise.planning.laws import ScalingLaw
+from flopwise.fitting.points import FitInputError
 
-EARLY_FRACTION = 0.5
-"""Each run's checkpoints before this fraction of its own tokens are dropped (the Hitchhiker's guide: early
-checkpoints mislead). The guide's cut is absolute (1e10 tokens for OPT/Pythia), because its families share one
-early transient; a campaign's runs differ in length by orders of magnitude, so the cut is relative to each run,
-which also drops a small model's initial plateau (at byte level, the unigram phase)."""
 EARLY_BEST_FRACTION = 0.10  # playbook: best step always in the first 10% → too many steps
 LATE_BEST_FRACTION = 0.75  # playbook: best step in the last 25% → train longer
+DECISION_NOISE = 0.005
+"""Relative loss difference below which two Round-2 runs are called indistinguishable (the order of seed noise
+at scale; the choice is still the lower loss, and the verdict says it is within noise)."""
 
 
 def finished(records: list[RunRecord], role: str) -> list[RunRecord]:
     return [r for r in records if r.role == role and r.state == "Succeeded" and r.result is not None]
-
-
-def ladder_points(records: list[RunRecord], extra: list[RunRecord] | None = None) -> FitPoints:
-    """Every evaluation of every finished ladder run is a point (the Hitchhiker's guide: intermediate
-    checkpoints are extra models at no cost); hygiene drops the early ones later. ``extra`` runs (the partial
-    final leg) join as further runs."""
-    params, tokens, losses, runs = [], [], [], []
-    for record in [*finished(records, "ladder"), *(extra or [])]:
-        assert record.result is not None
-        curve = [(p.tokens, p.val_loss) for p in record.result.curve if p.tokens > 0 and math.isfinite(p.val_loss)]
-        if record.result.final_val_loss is not None and (not curve or curve[-1][0] < record.result.tokens):
-            curve.append((record.result.tokens, record.result.final_val_loss))
-        for t, loss in curve:
-            params.append(record.params)
-            tokens.append(t)
-            losses.append(loss)
-            runs.append(record.run_id)
-    return FitPoints.from_arrays(params, tokens, losses, runs, validate=False)
-
-
-def drop_early_per_run(points: FitPoints, fraction: float) -> FitPoints:
-    """Keep each run's points at or past ``fraction`` of that run's final tokens."""
-    final = {run: points.tokens[points.run == run].max() for run in points.run_ids()}
-    keep = np.array([t >= fraction * final[r] for t, r in zip(points.tokens, points.run, strict=True)], dtype=bool)
-    return points.subset(keep)
-
-
-@dataclass(frozen=True)
-class LadderFit:
-    law: ScalingLaw
-    status: FittedLaw
-    fit: FitResult
-    points: FitPoints
-    weights: np.ndarray | None
-    bootstrap_laws: list[ScalingLaw]
-
-
-def fit_ladder(records: list[RunRecord], *, resamples: int = 0, seed: int = 0, with_backtest: bool = False,
-               grid: StartGrid = HOFFMANN_GRID, extra: list[RunRecord] | None = None,
-               mode: str = "auto") -> LadderFit:
-    """Fit L(N, D) to the ladder. Raises FitInputError when there is not yet enough to fit.
-
-    With ``with_backtest``, the fit mode is chosen by evidence rather than by point count alone: the full
-    five-parameter fit and the borrowed-exponent fit (Epoch's α, β) are each fitted without the largest run
-    and scored on it; the mode with the lower held-out ARE is refitted on everything, and its ARE is the
-    campaign's trust figure. Tiny ladders often cannot pin five parameters, and this says so with numbers.
-    """
-    raw = ladder_points(records, extra)
-    if len(raw) == 0:
-        raise FitInputError("no finished ladder run yet")
-    cleaned = clean(drop_early_per_run(raw, EARLY_FRACTION), min_tokens=0.0)
-    are = None
-    if with_backtest and cleaned.points.n_distinct_sizes() >= 4:
-        scores = {}
-        for candidate in ("full", "borrowed"):
-            try:
-                with np.errstate(all="ignore"):
-                    scores[candidate] = backtest(cleaned.points, holdout=1, balance=True, mode=candidate,
-                                                 grid=grid).are
-            except FitInputError:
-                continue
-        finite = {m: v for m, v in scores.items() if math.isfinite(v)}
-        if finite:
-            mode = min(finite, key=finite.get)
-            are = finite[mode]
-    weights = cleaned.weights
-    if extra and weights is not None:
-        # The target's own curve weighs as much as the whole ladder: it is the only evidence at the target
-        # size, and the robust (Huber) objective would otherwise treat one run out of six as an outlier.
-        mine = np.isin(cleaned.points.run.astype(str), [r.run_id for r in extra])
-        others = len(set(cleaned.points.run[~mine].astype(str)))
-        weights = np.where(mine, weights * max(1, others), weights)
-    with np.errstate(all="ignore"):
-        fit = fit_points(cleaned.points, weights=weights, mode=mode, grid=grid)  # type: ignore[arg-type]
-    law = fit.law
-    ci_low: dict[str, float] = {}
-    ci_high: dict[str, float] = {}
-    laws: list[ScalingLaw] = []
-    if resamples > 0:
-        with np.errstate(all="ignore"):
-            boot = bootstrap(cleaned.points, fit, n_resamples=resamples, weights=weights, seed=seed)
-        for name, interval in boot.parameter_intervals().items():
-            ci_low[name], ci_high[name] = interval.low, interval.high
-        laws = boot.laws()
-    status = FittedLaw(E=law.E, A=law.A, B=law.B, alpha=law.alpha, beta=law.beta, mode=fit.mode,
-                       n_points=len(cleaned.points), n_runs=len(cleaned.points.run_ids()), ci_low=ci_low,
-                       ci_high=ci_high, backtest_are=are)
-    return LadderFit(law=law, status=status, fit=fit, points=cleaned.points, weights=weights,
-                     bootstrap_laws=laws)
-
-
-def predict(fitted: LadderFit, params: float, tokens: float, level: float = 0.95) -> Prediction:
-    loss = fitted.law.loss(params, tokens)
-    low = high = None
-    if fitted.bootstrap_laws:
-        draws = np.array([law.loss(params, tokens) for law in fitted.bootstrap_laws])
-        draws = draws[np.isfinite(draws)]
-        if draws.size:
-            tail = (1 - level) / 2 * 100
-            low, high = (float(v) for v in np.percentile(draws, [tail, 100 - tail]))
-    return Prediction(params=params, tokens=tokens, loss=loss, loss_low=low, loss_high=high)
 
 
 @dataclass(frozen=True)
@@ -177,14 +60,16 @@ def choose_round1(records: list[RunRecord], d_model: int | None = None) -> Sweep
                        on_edge=optimum.on_edge, note=note)
 
 
-def round2_verdict(records: list[RunRecord]) -> tuple[str, float | None]:
-    """The playbook's retrospective check: where did the best checkpoint land in each Round-2 run?"""
+def retrospective_verdict(records: list[RunRecord]) -> tuple[str, float | None]:
+    """The playbook's retrospective check, for schedules that do not decay (constant): where did the best
+    checkpoint land in each Round-2 run? With a decaying schedule the best is nearly always the last, so the check
+    says nothing there and is not made."""
     fractions = []
     for record in finished(records, "round2"):
         result = record.result
         assert result is not None
         if result.best_tokens is not None and result.tokens > 0:
-            fractions.append(result.best_tokens / result.tokens)
+            fractions.append(result.best_tokens / record.trajectory_tokens)
     if not fractions:
         return "no finished Round-2 run: the run length could not be checked", None
     worst_early, latest = min(fractions), max(fractions)
@@ -195,6 +80,77 @@ def round2_verdict(records: list[RunRecord]) -> tuple[str, float | None]:
         return (f"train longer: the best checkpoint came in the last 25% of every run "
                 f"(at least {worst_early:.0%}); extend the run and re-tune the decay"), worst_early
     return f"run length fits: best checkpoints at {worst_early:.0%}–{latest:.0%} of the runs", latest
+
+
+@dataclass(frozen=True)
+class Round2Decision:
+    learning_rate: float
+    warmup_fraction: float
+    decay_fraction: float
+    verdict: str
+    best_fraction: float | None
+    candidates: list[Round2Candidate]
+
+
+def _decay_of(record: RunRecord) -> float | None:
+    schedule = record.schedule
+    if schedule.kind != "wsd" or not schedule.decay_steps:
+        return None
+    return round(schedule.decay_steps / record.steps, 3)
+
+
+def _compare(name: str, winner: tuple[float, float], runner_up: tuple[float, float] | None) -> str:
+    value, loss = winner
+    if runner_up is None:
+        return f"{name} {value:.3g} (loss {loss:.4f}, nothing to compare)"
+    other, other_loss = runner_up
+    margin = (other_loss - loss) / other_loss
+    within = " — within noise" if margin < DECISION_NOISE else ""
+    return f"{name} {value:.3g} (loss {loss:.4f}) beat {other:.3g} ({other_loss:.4f}) by {margin:.2%}{within}"
+
+
+def choose_round2(records: list[RunRecord], *, default_lr: float, default_warmup: float, default_decay: float,
+                  schedule: str) -> Round2Decision:
+    """Round 2 decides: among the full-length runs at the proxy, the learning rate of the lowest final loss (among
+    runs with the default cooldown), then — where a WSD run tried another cooldown at that learning rate — the
+    cooldown of the lower final loss. The verdict acts on what follows: the ladder and the final run train at the
+    chosen learning rate, the final run with the chosen cooldown. Without finished runs, Round 1's choice stands."""
+    runs = [r for r in records if r.role == "round2"]
+    candidates = [Round2Candidate(run_id=r.run_id, learning_rate=r.learning_rate, decay_fraction=_decay_of(r),
+                                  final_loss=_run_loss(r) if math.isfinite(_run_loss(r)) else None) for r in runs]
+    scored = [(r, _run_loss(r)) for r in runs if math.isfinite(_run_loss(r))]
+    if not scored:
+        verdict = ("no finished Round-2 run: Round 1's choice stands" if runs else
+                   "no Round 2 was planned: Round 1's choice stands")
+        return Round2Decision(default_lr, default_warmup, default_decay, verdict, None, candidates)
+    warmup = scored[0][0].warmup_fraction
+    default = round(default_decay, 3) if schedule == "wsd" else None
+    lr_runs = sorted(((r, loss) for r, loss in scored if _decay_of(r) == default), key=lambda x: x[1]) or \
+        sorted(scored, key=lambda x: x[1])
+    best, best_loss = lr_runs[0]
+    distinct = [(r, loss) for r, loss in lr_runs[1:] if abs(math.log(r.learning_rate / best.learning_rate)) > 1e-6]
+    parts = ["learning rate " + _compare("lr", (best.learning_rate, best_loss),
+                                         (distinct[0][0].learning_rate, distinct[0][1]) if distinct else None)]
+    decay = default_decay
+    variants = [(r, loss) for r, loss in scored if abs(math.log(r.learning_rate / best.learning_rate)) <= 1e-6
+                and _decay_of(r) is not None]
+    if schedule == "wsd" and len({_decay_of(r) for r, _ in variants}) > 1:
+        variants.sort(key=lambda x: x[1])
+        winner, loss = variants[0]
+        decay = _decay_of(winner) or default_decay
+        other = next((v for v in variants[1:] if _decay_of(v[0]) != decay), None)
+        parts.append("cooldown " + _compare("share", (decay, loss),
+                                            (_decay_of(other[0]) or 0.0, other[1]) if other else None)
+                     + f": the final run cools down over {decay:g} of its steps")
+    elif schedule == "wsd":
+        parts.append(f"cooldown {default_decay:g} of the steps (no other length was tried: give tuning.round2Runs ≥ 3)")
+    else:
+        parts.append(f"the {schedule} schedule has no cooldown length to compare")
+    best_fraction = None
+    if schedule == "constant":
+        retro, best_fraction = retrospective_verdict(records)
+        parts.append(retro)
+    return Round2Decision(best.learning_rate, warmup, decay, "; ".join(parts), best_fraction, candidates)
 
 
 def width_optima(records: list[RunRecord], *, primary_width: int, warmup: float, grid_factor: float,
@@ -210,7 +166,7 @@ def width_optima(records: list[RunRecord], *, primary_width: int, warmup: float,
     for width, runs in sorted(by_width.items()):
         try:
             optimum = transfer.fit_sweep([r.learning_rate for r in runs], [_run_loss(r) for r in runs],
-                                         size=runs[0].params, noise_sd=noise_sd, grid_factor=grid_factor)
+                                         size=float(width), noise_sd=noise_sd, grid_factor=grid_factor)
         except ValueError:
             continue
         out.append((width, runs[0].params, optimum))
@@ -218,8 +174,10 @@ def width_optima(records: list[RunRecord], *, primary_width: int, warmup: float,
 
 
 def transfer_status(records: list[RunRecord], *, primary_width: int, warmup: float, grid_factor: float,
-                    noise_sd: float | None, target_params: int, parameterization: str) -> TransferStatus:
-    """The transfer verdict across Round 1's widths, and the learning rate it gives the target."""
+                    noise_sd: float | None, target_d_model: int, target_params: int,
+                    parameterization: str) -> TransferStatus:
+    """The transfer verdict across Round 1's widths (same depth), and the learning rate it gives the target's
+    width: muP transfers the optimum across *width* (Yang et al. 2022), so the power law is in dModel."""
     optima = width_optima(records, primary_width=primary_width, warmup=warmup, grid_factor=grid_factor,
                           noise_sd=noise_sd)
     widths = []
@@ -227,14 +185,14 @@ def transfer_status(records: list[RunRecord], *, primary_width: int, warmup: flo
         low, high = o.interval()
         widths.append(WidthOptimum(d_model=width, params=params, learning_rate=o.lr, lr_low=low, lr_high=high,
                                    on_edge=o.on_edge, points=o.points))
-    status = TransferStatus(widths=widths, target_params=target_params, parameterization=parameterization,
-                            tolerance=grid_factor)
+    status = TransferStatus(widths=widths, target_params=target_params, target_d_model=target_d_model,
+                            parameterization=parameterization, tolerance=grid_factor)
     if len(optima) < 2:
         status.message = ("unchecked: Round 1 swept one width only (tuning.proxyWidths, or the budget), so the "
                           "proxy's learning rate is used at the target untested")
         return status
     decision = transfer.transfer_verdict([o for _, _, o in optima], grid_factor=grid_factor,
-                                         target_size=float(target_params))
+                                         target_size=float(target_d_model))
     law = decision.law
     status.verdict = "holds" if decision.holds else "does-not-hold"
     status.message = decision.verdict + (
@@ -248,12 +206,14 @@ def transfer_status(records: list[RunRecord], *, primary_width: int, warmup: flo
 
 
 def seed_floor(records: list[RunRecord], backtest_are: float | None) -> NoiseFloorStatus | None:
-    """The noise floor from the smallest ladder rung and its seed replicas (None when there are none)."""
+    """The noise floor from the seed replicas and the ladder run they repeat (same shape, same schedule's
+    tokens); None when there are no replicas."""
     seeds = [r for r in records if r.role == "seed"]
     if not seeds:
         return None
-    rung = [r for r in finished(records, "ladder") if r.shape == seeds[0].shape and r.tokens == seeds[0].tokens]
-    runs = rung[:1] + finished(records, "seed")
+    source = [r for r in finished(records, "ladder") if r.shape == seeds[0].shape
+              and r.trajectory_tokens == seeds[0].trajectory_tokens]
+    runs = source[:1] + finished(records, "seed")
     losses = [_run_loss(r) for r in runs]
     losses = [v for v in losses if math.isfinite(v)]
     status = NoiseFloorStatus(seeds=len(losses), params=seeds[0].params, losses=losses[:16],
@@ -265,13 +225,16 @@ def seed_floor(records: list[RunRecord], backtest_are: float | None) -> NoiseFlo
         return status
     status.mean_loss, status.sd = floor.mean_loss, floor.sd
     status.floor_are, status.floor_are_high, status.band_are = floor.floor_are, floor.floor_are_high, floor.band_are
-    text = (f"{floor.seeds} seeds at {seeds[0].params:,} params: loss {floor.mean_loss:.4f} ± {floor.sd:.4f} (sd); "
-            f"a perfect law's ARE would be {floor.floor_are:.2%} (95% upper bound {floor.floor_are_high:.2%})")
+    status.band_are_high = floor.band_are_high
+    text = (f"{floor.seeds} seeds at {seeds[0].params:,} params: loss {floor.mean_loss:.4f} ± {floor.sd:.4f} (sd, "
+            f"{floor.seeds - 1} degrees of freedom); a perfect law's ARE would be {floor.floor_are:.2%} (95% upper "
+            f"bound {floor.floor_are_high:.2%})")
     if backtest_are is not None and math.isfinite(backtest_are):
         status.within_noise = transfer.within_noise(backtest_are, floor)
-        text += (f"; backtest ARE {backtest_are:.2%} is " + (
-            f"within the 95% seed-noise band ({floor.band_are:.2%}): not distinguishable from a rerun with another "
-            "seed" if status.within_noise else f"above the 95% seed-noise band ({floor.band_are:.2%}): the law's "
-            "own error is real"))
+        text += f"; backtest ARE {backtest_are:.2%} is " + (
+            f"within what seed noise allows with {floor.seeds} seeds (the 95% band at σ's upper bound, "
+            f"{floor.band_are_high:.2%}): not distinguishable from a rerun with another seed"
+            if status.within_noise else f"above what seed noise allows with {floor.seeds} seeds (the 95% band at "
+            f"σ's upper bound, {floor.band_are_high:.2%}): the law's own error is real")
     status.message = text
     return status

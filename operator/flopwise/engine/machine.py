@@ -2,16 +2,22 @@
 
 `reconcile` is the whole engine. It reads everything from the status it is given (the plan, the ledger as
 per-run records, the tuning decisions), applies what the executor observed, advances the phase
-    Pending → Ladder → Round1 → Round2 → Final → Succeeded   (or Failed)
+    Pending → Round1 → Round2 → Ladder → Final → Succeeded   (or Failed)
 and returns the new status with the runs to launch. It never talks to Kubernetes or processes: the local
 runner and the operator both call it, persist the status first, then carry out the launches. Launches are
 idempotent on the run id, so a crash between persisting and launching loses nothing and starts nothing twice.
 
-Beyond the loss law, the engine says how far its bets can be trusted at the target: the ladder's smallest rung
-is rerun with other seeds (the noise floor next to the backtest ARE); Round 1 sweeps the LR at two or more
-widths (transfer holds, or the best LR is extrapolated to the target by a power law); and with
-``final.partialCheck`` the final run first trains a leg to ~30% of its tokens on its full schedule, the law is
-refitted with that curve (the prediction before and after is kept), and a second leg resumes it to the end.
+Why tuning comes first: the law must describe models trained the way the target will be. Round 1 sweeps the
+learning rate at a small proxy and at narrower widths (muP transfers the optimum across width; when the widths
+disagree, a power law in dModel carries it); Round 2 trains its best points at full length and its final losses
+decide the learning rate and, for WSD, the cooldown length. Every ladder run and the final run then train at
+that learning rate (`_lr_for`), so the fitted law predicts tuned models.
+
+The ladder's annealed endpoints give the law (`engine.conclude`): identified or not, said out loud, and the
+allocation it supports with its interval; Chinchilla's Approach 2 beside it. Seed replicas give the noise floor.
+With ``final.partialCheck`` the final run's first leg cools down at ~30% of its tokens (an annealed point at
+the target size), the law is refitted with it (the prediction before and after is kept), and the final run
+resumes the leg's stable-phase checkpoint to the end.
 """
 
 from __future__ import annotations
@@ -20,13 +26,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from flopwise.api.spec import TrainingCampaignSpec
+from flopwise.api.spec import MAX_LEARNING_RATE, TrainingCampaignSpec
 from flopwise.api.status import (
     IMMUTABLE_SECTIONS,
+    Allocation,
     Charge,
     Condition,
     PartialCheckStatus,
-    PlannedRun,
     PlannedSpec,
     Recommendation,
     RunCounts,
@@ -34,17 +40,20 @@ from flopwise.api.status import (
     RunResult,
     TrainingCampaignStatus,
 )
-from flopwise.contract import RunSummary, ScheduleSpec
-from flopwise.engine import analysis, ledger
-from flopwise.fitting.fit import HOFFMANN_GRID, StartGrid
+from flopwise.contract import ModelShape, RunSummary
+from flopwise.engine import analysis, conclude, ledger, records
+from flopwise.fitting.fit import COARSE_GRID, HOFFMANN_GRID, StartGrid
 from flopwise.fitting.points import FitInputError
 from flopwise.planning.budget import Pool
-from flopwise.planning.plan import PlanError, partial_stop_step, plan_campaign, pool_of
+from flopwise.planning.laws import PowerLawAllocation, allocation_rule
+from flopwise.planning.plan import PlanError, final_budget, plan_campaign, plan_final, pool_of
 
 ObservedState = Literal["absent", "running", "succeeded", "failed", "lost"]
 TERMINAL = ("Succeeded", "Failed", "Lost")
 CURVE_POINTS = 24
-PARTIAL_SUFFIX = "-p"  # the partial leg of a final run: `final-00-p`, continued by `final-00`
+INTERIM_MIN_POINTS = 6  # a quick fit while the ladder runs needs this many annealed points,
+INTERIM_EVERY = 3  # and is redone every this many new ones
+PARTIAL_NOISE = 0.01  # relative seed noise assumed at the target when no seed replicas measured it
 
 
 @dataclass(frozen=True)
@@ -151,7 +160,7 @@ class _Engine:
         self._condition("Planned", "True", "Planned", f"{len(plan.all_runs())} runs planned, "
                         f"{plan.planned_flops / plan.budget_flops:.0%} of the budget")
         self._event("Planned", f"target {plan.target.params:,} params on {plan.target.tokens:,} tokens")
-        self._enter("Ladder")
+        self._enter("Round1" if plan.round1.runs else "Round2")
         return True
 
     # ---------------------------------------------------------------------------------------- observation
@@ -244,55 +253,19 @@ class _Engine:
     def _advance(self) -> None:
         for _ in range(6):  # a phase with nothing to run moves straight on
             before = self.status.phase
-            {"Ladder": self._ladder, "Round1": self._round1, "Round2": self._round2,
+            {"Round1": self._round1, "Round2": self._round2, "Ladder": self._ladder,
              "Final": self._final}[before]()
             if self.status.phase == before or self.status.phase in ("Succeeded", "Failed"):
                 return
 
-    def _phase_done(self, role: str) -> bool:
+    def _phase_done(self, *roles: str) -> bool:
         latest: dict[str, RunRecord] = {}
         for record in self.status.runs:
-            if record.role == role:
+            if record.role in roles:
                 latest[record.planned_id] = record
         return all(r.state in TERMINAL for r in latest.values())
 
-    def _ladder(self) -> None:
-        finished = analysis.finished(self.status.runs, "ladder")
-        done = self._phase_done("ladder") and self._phase_done("seed")  # the seeds are cheap: wait for them
-        if len(finished) > (self.status.law.input_runs if self.status.law else 0) or done:
-            self._fit(final=done)
-        if not done:
-            return
-        if self.status.law is None:
-            self._fail("FitFailed", f"the ladder finished with {len(finished)} usable runs: too few to fit a law")
-            return
-        self.status.noise_floor = analysis.seed_floor(self.status.runs, self.status.law.backtest_are)
-        if self.status.noise_floor is not None and self.status.noise_floor.message:
-            self._event("NoiseFloor", self.status.noise_floor.message)
-        self._enter("Round1")
-
-    def _fit(self, *, final: bool) -> None:
-        try:
-            fitted = analysis.fit_ladder(self.status.runs, resamples=self.options.bootstrap_resamples if final else 0,
-                                         seed=self.seed, with_backtest=final, grid=self.options.fit_grid)
-        except FitInputError as error:
-            self._condition("FitReady", "False", "NotEnoughRuns", str(error))
-            return
-        self.status.law = fitted.status.model_copy(update={"input_runs": len(analysis.finished(self.status.runs,
-                                                                                               "ladder"))})
-        plan = self.status.plan
-        assert plan is not None
-        try:  # re-plan the target with the campaign's own law instead of the prior
-            replanned = plan_campaign(self.spec, law=fitted.law)
-            plan.target, plan.final = replanned.target, replanned.final
-            self._condition("Degraded", "False", "Replanned", "target re-planned under the fitted law")
-        except ValueError as error:  # PlanError, or a degenerate law with no optimum
-            self._condition("Degraded", "True", "ReplanFailed", f"{error}; keeping the {plan.target.law} target")
-        self.status.prediction = analysis.predict(fitted, plan.target.params, plan.target.tokens)
-        self._condition("FitReady", "True", "Fitted" if final else "Refitted",
-                        f"{fitted.status.mode} fit on {fitted.status.n_points} points from {fitted.status.n_runs} runs"
-                        + (f"; backtest ARE {fitted.status.backtest_are:.1%}" if fitted.status.backtest_are else ""))
-
+    # Round 1 -----------------------------------------------------------------------------------------------
     def _round1(self) -> None:
         if not self._phase_done("round1"):
             return
@@ -344,21 +317,17 @@ class _Engine:
         return plan.round1.runs[0].shape.d_model if plan is not None and plan.round1.runs else None
 
     def _check_transfer(self, choice: analysis.SweepChoice) -> None:
-        """Compare the best LR across Round 1's widths: it transfers, or its power law is extrapolated."""
+        """Compare the best LR across Round 1's widths (same depth): it transfers, or its power law in dModel
+        sets each width's learning rate."""
         plan = self.status.plan
         width = self._proxy_width()
         assert plan is not None and width is not None
-        floor = self.status.noise_floor
         result = analysis.transfer_status(
             self.status.runs, primary_width=width, warmup=choice.warmup_fraction,
-            grid_factor=self.spec.tuning.lr_grid_factor, noise_sd=floor.sd if floor is not None else None,
-            target_params=plan.target.params, parameterization=self.spec.model.parameterization)
+            grid_factor=self.spec.tuning.lr_grid_factor, noise_sd=None,
+            target_d_model=plan.target.shape.d_model, target_params=plan.target.params,
+            parameterization=self.spec.model.parameterization)
         self.status.tuning.transfer = result
-        chosen = self.status.tuning.round1_best_lr
-        if result.verdict == "holds" and chosen:  # the proxy's optimum as Round 1 chose it (3-point parabola)
-            result.learning_rate = chosen
-            result.lr_low = min(result.lr_low or chosen, chosen)
-            result.lr_high = max(result.lr_high or chosen, chosen)
         self._event("TransferChecked", result.message or result.verdict)
         state, reason = {"holds": ("True", "WithinOneGridStep"), "does-not-hold": ("False", "Extrapolated")}.get(
             result.verdict, ("Unknown", "OneWidth"))
@@ -373,9 +342,10 @@ class _Engine:
         lr = choice.learning_rate * (factor if choice.on_edge == "high" else 1.0 / factor)
         index = sum(1 for r in self.status.runs if r.role == "round1")
         extra = template.model_copy(deep=True, update={
-            "run_id": f"round1-{index:02d}", "planned_id": f"round1-{index:02d}", "attempt": 0, "state": "Pending",
-            "learning_rate": lr, "reserved": Charge(), "spent": Charge(), "result": None,
-            "reason": f"grid extended past the {choice.on_edge} edge", "launched_at": None, "finished_at": None})
+            "run_id": f"round1-{index:02d}", "planned_id": f"round1-{index:02d}", "group": f"round1-{index:02d}",
+            "attempt": 0, "state": "Pending", "learning_rate": lr, "reserved": Charge(), "spent": Charge(),
+            "result": None, "reason": f"grid extended past the {choice.on_edge} edge", "launched_at": None,
+            "finished_at": None})
         if not self._affordable(extra):
             self.status.tuning.round1_note += "; the grid could not be extended within the budget"
             return False
@@ -386,34 +356,188 @@ class _Engine:
                     f"trying {lr:.3g}")
         return True
 
+    # Round 2 -----------------------------------------------------------------------------------------------
     def _round2(self) -> None:
         if not self._phase_done("round2"):
             return
-        verdict, fraction = analysis.round2_verdict(self.status.runs)
-        self.status.tuning.round2_verdict, self.status.tuning.round2_best_fraction = verdict, fraction
+        tuning = self.status.tuning
+        decision = analysis.choose_round2(self.status.runs, default_lr=self._round1_lr(),
+                                          default_warmup=self._round1_warmup(),
+                                          default_decay=self.spec.tuning.decay_fraction,
+                                          schedule=self.spec.tuning.schedule)
+        tuning.learning_rate, tuning.warmup_fraction = decision.learning_rate, decision.warmup_fraction
+        tuning.decay_fraction = decision.decay_fraction
+        tuning.round2_verdict, tuning.round2_best_fraction = decision.verdict, decision.best_fraction
+        tuning.round2_candidates = decision.candidates
+        tuning.lr_rule = self._lr_rule()
+        self._event("Round2Decided", decision.verdict)
+        self._enter("Ladder")
+
+    def _round1_lr(self) -> float:
+        return self.status.tuning.round1_best_lr or self.spec.tuning.base_learning_rate
+
+    def _round1_warmup(self) -> float:
+        best = self.status.tuning.round1_best_warmup
+        return best if best is not None else self.spec.tuning.warmup_fractions[0]
+
+    def _decided(self) -> tuple[float, float, float]:
+        """(learning rate at the proxy width, warmup fraction, cooldown fraction) the tuning rounds decided."""
+        tuning = self.status.tuning
+        return (tuning.learning_rate or self._round1_lr(),
+                tuning.warmup_fraction if tuning.warmup_fraction is not None else self._round1_warmup(),
+                tuning.decay_fraction if tuning.decay_fraction is not None else self.spec.tuning.decay_fraction)
+
+    def _lr_for(self, shape: ModelShape) -> float:
+        """The learning rate a model of ``shape`` trains with: the decided one, carried to its width by the
+        transfer law when Round 1's widths disagreed (muP makes it the same at every width when they agree)."""
+        lr, _, _ = self._decided()
+        width = self._proxy_width()
+        check = self.status.tuning.transfer
+        if check is not None and check.verdict == "does-not-hold" and check.exponent is not None and width:
+            lr *= (shape.d_model / width) ** check.exponent
+        return min(max(lr, 1e-7), MAX_LEARNING_RATE)
+
+    def _lr_rule(self) -> str:
+        lr, _, _ = self._decided()
+        check = self.status.tuning.transfer
+        if check is not None and check.verdict == "does-not-hold" and check.exponent is not None:
+            return (f"lr {lr:.3g} at the proxy's width {self._proxy_width()}, × (dModel / "
+                    f"{self._proxy_width()})^{check.exponent:.3f} elsewhere (Round 1's widths disagreed)")
+        return f"lr {lr:.3g} at every width (muP: the base learning rate transfers)"
+
+    # Ladder ------------------------------------------------------------------------------------------------
+    def _ladder(self) -> None:
+        done = self._phase_done("ladder", "seed")
+        finished = [r for r in self.status.runs if r.role in ("ladder", "seed") and conclude.is_point(r)]
+        seen = self.status.law.input_runs if self.status.law else 0
+        if not done and len(finished) >= max(INTERIM_MIN_POINTS, seen + INTERIM_EVERY):
+            self._interim_fit(len(finished))
+        if not done:
+            return
+        floor = analysis.seed_floor(self.status.runs, None)
+        self.status.noise_floor = floor
+        if not self._conclude():
+            return
+        if floor is not None:
+            self.status.noise_floor = analysis.seed_floor(self.status.runs, self.status.law.backtest_are
+                                                          if self.status.law else None)
+            if self.status.noise_floor is not None and self.status.noise_floor.message:
+                self._event("NoiseFloor", self.status.noise_floor.message)
         self._enter("Final")
 
+    def _interim_fit(self, offered: int) -> None:
+        """A quick fit while the ladder runs (no bootstrap, a coarse start grid): the status shows the law taking
+        shape. The recommendation waits for the final fit."""
+        plan = self.status.plan
+        assert plan is not None
+        try:
+            found = conclude.conclude_ladder(self.status.runs, flops=final_budget(self.spec),
+                                             prior=allocation_rule(self.spec.law), resamples=0, seed=self.seed,
+                                             grid=COARSE_GRID, backtest_holdout=False)
+        except FitInputError as error:
+            self._condition("FitReady", "False", "NotEnoughRuns", str(error))
+            return
+        self.status.law = found.status.model_copy(update={"input_runs": offered, "identified": None})
+        self.status.prediction = found.predict(plan.target.params, plan.target.tokens)
+        self._condition("FitReady", "True", "Interim", f"interim {found.status.mode} fit on {found.status.n_points} "
+                        "annealed points (no intervals until the ladder ends)")
+
+    def _floor_sd(self) -> float | None:
+        floor = self.status.noise_floor
+        if floor is None or floor.sd is None or not floor.mean_loss:
+            return None
+        return floor.sd / floor.mean_loss
+
+    def _conclude(self, extra: list[RunRecord] | None = None) -> conclude.Conclusion | None:
+        """The ladder's law and allocation (with intervals), the target re-planned on it, and the prediction.
+        With ``extra`` (the partial leg) the final run is already committed: the target stays, the law, the
+        allocation and the prediction are refreshed. Returns None when the campaign failed for want of a law."""
+        plan = self.status.plan
+        assert plan is not None
+        try:
+            found = conclude.conclude_ladder(self.status.runs, flops=final_budget(self.spec),
+                                             prior=allocation_rule(self.spec.law),
+                                             resamples=self.options.bootstrap_resamples, seed=self.seed,
+                                             grid=self.options.fit_grid, floor_sd=self._floor_sd(), extra=extra)
+        except FitInputError as error:
+            if extra:
+                raise
+            self._fail("FitFailed", f"the ladder finished without a law: {error}")
+            return None
+        offered = sum(1 for r in self.status.runs if r.role in ("ladder", "seed") and conclude.is_point(r))
+        self.status.law = found.status.model_copy(update={"input_runs": offered})
+        allocation = found.allocation
+        self.status.allocation = allocation
+        if not extra:
+            self._replan(allocation)
+        self.status.prediction = found.predict(plan.target.params, plan.target.tokens)
+        fitted = found.status
+        self._condition("FitReady", "True", "Fitted", f"{fitted.mode} fit on {fitted.n_points} annealed points "
+                        f"from {fitted.n_runs} trajectories" + (f"; backtest ARE {fitted.backtest_are:.1%}"
+                                                                 if fitted.backtest_are is not None else ""))
+        reason = {"full": "FullFit", "borrowed": "BorrowedExponents", "approach-2": "Approach2",
+                  "prior": "NotIdentified"}[allocation.basis]
+        state = "True" if allocation.basis == "full" else "False"
+        self._condition("LawIdentified", state, reason, allocation.message)
+        if allocation.basis != "full":
+            self._event("LawNotIdentified", allocation.message)
+        if allocation.agree is False:
+            self._event("AllocationsDisagree", allocation.message)
+        return found
+
+    def _replan(self, allocation: Allocation) -> None:
+        """The target under the campaign's own allocation: N_opt at the final budget, C ∝ N^(1/a) around it."""
+        plan = self.status.plan
+        assert plan is not None
+        if allocation.basis == "prior" or not allocation.params > 0:
+            self._condition("Degraded", "True", "NotIdentified", f"keeping the {plan.target.law} target: "
+                            "nothing the campaign measured identifies an allocation")
+            return
+        exponent = (self.status.law.beta / (self.status.law.alpha + self.status.law.beta)
+                    if self.status.law and self.status.law.alpha + self.status.law.beta > 0 else 0.5)
+        if allocation.basis == "approach-2" and allocation.approach2 and allocation.approach2.exponent:
+            exponent = allocation.approach2.exponent
+        rule = PowerLawAllocation(params_exponent=min(max(exponent, 0.05), 0.95), anchor_params=allocation.params,
+                                  anchor_flops=allocation.flops, name=f"campaign ({allocation.basis})")
+        try:
+            plan.target, plan.final = plan_final(self.spec, rule)
+            self._condition("Degraded", "False", "Replanned", f"target re-planned on the campaign's allocation "
+                            f"({allocation.basis})")
+        except ValueError as error:
+            self._condition("Degraded", "True", "ReplanFailed", f"{error}; keeping the {plan.target.law} target")
+
+    # Final -------------------------------------------------------------------------------------------------
     def _final(self) -> None:
         check = self.status.partial_check
         plan = self.status.plan
         assert plan is not None
-        if check is not None and plan.final.runs:
-            main = plan.final.runs[0].run_id
-            if not any(r.planned_id == main for r in self.status.runs):
-                if not self._phase_done("final"):
-                    return
-                if self._partial_update(check):
-                    return
-            elif self._phase_done("final"):
-                done = [r for r in analysis.finished(self.status.runs, "final") if r.planned_id == main]
-                if done and done[-1].result is not None and check.final_loss is None:
-                    check.final_loss = done[-1].result.final_val_loss
-                    self._partial_verdict(check)
-        if self._phase_done("final"):
-            self._recommend()
-            self.status.phase = "Succeeded"
-            self.status.message = "campaign finished"
-            self._event("Succeeded", "campaign finished; recommendation in status.recommendation")
+        if check is not None and check.loss_after is None and check.message is None:
+            leg = self._latest(plan.final.runs[0].run_id)
+            if leg is not None and leg.state in TERMINAL and leg.state != "Succeeded" \
+                    and self._phase_done_for(leg.planned_id):
+                self._partial_failed(check)
+            elif leg is not None and leg.state == "Succeeded":
+                self._partial_update(check, leg)
+        if not self._phase_done("final"):
+            return
+        main = self._latest(plan.final.runs[-1].run_id) if plan.final.runs else None
+        if check is not None and main is not None and main.state == "Succeeded" and main.result is not None:
+            check.final_loss = main.result.final_val_loss
+            self._partial_verdict(check)
+        self._recommend()
+        self.status.phase = "Succeeded"
+        self.status.message = "campaign finished"
+        self._condition("Complete", "True", "Recommended", "campaign finished; the recommendation is in "
+                        "status.recommendation")
+        self._event("Succeeded", "campaign finished; recommendation in status.recommendation")
+
+    def _latest(self, planned_id: str) -> RunRecord | None:
+        attempts = [r for r in self.status.runs if r.planned_id == planned_id]
+        return attempts[-1] if attempts else None
+
+    def _phase_done_for(self, planned_id: str) -> bool:
+        latest = self._latest(planned_id)
+        return latest is None or latest.state in TERMINAL
 
     # ---------------------------------------------------------------------------------- entering phases
     def _enter(self, phase: str) -> None:
@@ -422,131 +546,127 @@ class _Engine:
         self.status.phase = phase  # type: ignore[assignment]
         self._event("PhaseChanged", f"entering {phase}")
         tuning = self.spec.tuning
-        if phase == "Ladder":  # the seed replicas right after the smallest rung: the floor is known early
-            rungs = [r for r in plan.ladder.runs if r.role != "seed"]
-            seeds = [r for r in plan.ladder.runs if r.role == "seed"]
-            for run in rungs[:1] + seeds + rungs[1:]:
-                self._add(run, tuning.base_learning_rate, tuning.warmup_fractions[0])
-        elif phase == "Round1":
+        kind = tuning.schedule
+        if phase == "Round1":
             for run in plan.round1.runs:
-                self._add(run, run.learning_rate or tuning.base_learning_rate, run.warmup_fraction or 0.0)
+                warmup = run.warmup_fraction or 0.0
+                self._add(records.record(run, lr=run.learning_rate or tuning.base_learning_rate,
+                                         warmup_fraction=warmup, seed=self.seed, schedule_spec=records.schedule(
+                                             kind, run.steps, round(warmup * run.steps), tuning.decay_fraction)))
         elif phase == "Round2":
             self._add_round2()
+        elif phase == "Ladder":
+            _, warmup, _ = self._decided()
+            for record in records.ladder_records(plan.ladder.runs, kind=kind, lr_for=self._lr_for,
+                                                 warmup_fraction=warmup, decay_fraction=tuning.decay_fraction,
+                                                 seed=self.seed):
+                self._add(record)
         elif phase == "Final":
-            best = self.status.tuning
-            warmup = best.round1_best_warmup if best.round1_best_warmup is not None else tuning.warmup_fractions[0]
-            lr, _, _, _ = self._target_lr()
-            for run in plan.final.runs:
-                if self.spec.final.partial_check:
-                    self._add_partial_leg(run, lr, warmup)
-                else:
-                    self._add(run, lr, warmup)
+            _, warmup, decay = self._decided()
+            finals = records.final_records(plan.final.runs, kind=kind, lr=self._lr_for(plan.target.shape),
+                                           warmup_fraction=warmup, decay_fraction=decay, seed=self.seed)
+            for record in finals:
+                self._add(record)
+            if self.spec.final.partial_check and len(finals) == 2:
+                leg = finals[0]
+                prediction = self.status.prediction
+                self.status.partial_check = PartialCheckStatus(
+                    fraction=self.spec.final.partial_fraction, stop_step=leg.steps,
+                    loss_before=prediction.loss if prediction else None,
+                    low_before=prediction.loss_low if prediction else None,
+                    high_before=prediction.loss_high if prediction else None)
 
     def _add_round2(self) -> None:
-        """Round 2 reruns the best Round-1 points at full length with the playbook's schedule rule:
-        cosine keeps the base LR and extends max steps; linear/WSD keep Round 1's absolute decay length and
-        warmup and lengthen the constant phase."""
+        """Round 2's candidates at full length at the proxy (the playbook's "few long runs at the best Round-1
+        points"): Round 1's optimum, then its best other learning rate, then — for a WSD schedule — the optimum
+        with twice the cooldown, then further Round-1 points. Their final losses decide (`_round2`)."""
         plan = self.status.plan
         assert plan is not None
         width = self._proxy_width()
         round1 = sorted((r for r in self.status.runs if r.role == "round1" and r.state == "Succeeded"
                          and r.shape.d_model == width), key=analysis._run_loss)
-        points: list[tuple[float, float, RunRecord | None]] = []
-        best = self.status.tuning
-        if best.round1_best_lr:
-            points.append((best.round1_best_lr, best.round1_best_warmup or 0.0, round1[0] if round1 else None))
+        best_lr, warmup, decay = self._round1_lr(), self._round1_warmup(), self.spec.tuning.decay_fraction
+        others = []
         for r in round1:
-            if all(abs(math.log(r.learning_rate / lr)) > 1e-6 for lr, _, _ in points):
-                points.append((r.learning_rate, r.warmup_fraction, r))
-        for run, (lr, warmup, source) in zip(plan.round2.runs, points, strict=False):
-            schedule = None
-            if source is not None and self.spec.tuning.schedule in ("linear", "wsd"):
-                schedule = ScheduleSpec(kind=self.spec.tuning.schedule, warmup_steps=source.schedule.warmup_steps,
-                                        decay_steps=source.schedule.decay_steps, min_lr_ratio=0.1)
-            self._add(run, lr, warmup, schedule=schedule)
+            if all(abs(math.log(r.learning_rate / lr)) > 1e-6 for lr in [best_lr, *others]):
+                others.append(r.learning_rate)
+        candidates: list[tuple[float, float]] = [(best_lr, decay)]
+        if others:
+            candidates.append((others.pop(0), decay))
+        if self.spec.tuning.schedule == "wsd" and 2 * decay <= 0.5:
+            candidates.append((best_lr, 2 * decay))
+        candidates += [(lr, decay) for lr in others]
+        kind = self.spec.tuning.schedule
+        for run, (lr, cooldown) in zip(plan.round2.runs, candidates, strict=False):
+            self._add(records.record(run, lr=lr, warmup_fraction=warmup, seed=self.seed, schedule_spec=records.schedule(
+                kind, run.steps, round(warmup * run.steps), cooldown)))
 
-    def _add(self, run: PlannedRun, lr: float, warmup: float, schedule: ScheduleSpec | None = None,
-             **leg: object) -> RunRecord | None:
-        run_id = str(leg.pop("run_id", run.run_id))
-        if any(r.planned_id == run_id for r in self.status.runs):
+    def _add(self, record: RunRecord) -> RunRecord | None:
+        if any(r.planned_id == record.planned_id for r in self.status.runs):
             return None
-        tuning = self.spec.tuning
-        if schedule is None:
-            decay = max(1, round(tuning.decay_fraction * run.steps)) if tuning.schedule in ("linear", "wsd") else None
-            schedule = ScheduleSpec(kind=tuning.schedule, warmup_steps=round(warmup * run.steps), decay_steps=decay,
-                                    min_lr_ratio=0.1)
-        fields: dict[str, object] = dict(
-            run_id=run_id, planned_id=run_id, role=run.role, shape=run.shape, params=run.params,
-            tokens=run.tokens, batch_size=run.batch_size, steps=run.steps, learning_rate=lr,
-            warmup_fraction=warmup, schedule=schedule, seed=self.seed + run.seed_offset)
-        record = RunRecord(**{**fields, **leg})
         self.status.runs.append(record)
         return record
 
     def _target_lr(self) -> tuple[float, float | None, float | None, str]:
-        """The learning rate for the target size: (lr, low, high, source). Round 1's proxy optimum when it
-        transfers (or was not checked), the power law's extrapolation when the widths disagree."""
-        tuning = self.status.tuning
-        check = tuning.transfer
-        if check is not None and check.verdict == "does-not-hold" and check.learning_rate:
-            return check.learning_rate, check.lr_low, check.lr_high, "extrapolated"
-        if tuning.round1_best_lr:
-            low = high = None
-            if check is not None and check.verdict == "holds":
-                low, high = check.lr_low, check.lr_high
-            return tuning.round1_best_lr, low, high, "transferred" if check and check.verdict == "holds" else "proxy"
-        return self.spec.tuning.base_learning_rate, None, None, "base"
-
-    def _add_partial_leg(self, run: PlannedRun, lr: float, warmup: float) -> None:
-        """The first leg of the final run: its full schedule, stopped at partialFraction of its steps."""
-        stop = partial_stop_step(run.steps, self.spec.final.partial_fraction)
-        tokens = stop * run.batch_size * run.shape.seq_len
-        if self._add(run, lr, warmup, run_id=run.run_id + PARTIAL_SUFFIX, tokens=tokens, stop_at_step=stop):
-            prediction = self.status.prediction
-            self.status.partial_check = PartialCheckStatus(
-                fraction=self.spec.final.partial_fraction, stop_step=stop,
-                loss_before=prediction.loss if prediction else None,
-                low_before=prediction.loss_low if prediction else None,
-                high_before=prediction.loss_high if prediction else None)
-
-    def _partial_update(self, check: PartialCheckStatus) -> bool:
-        """The partial leg ended: refit the law with its curve, keep the prediction before and after, and
-        resume the final run from the leg's checkpoint. Returns True when the continuation was added."""
+        """The learning rate for the target: (lr, low, high, source)."""
         plan = self.status.plan
         assert plan is not None
-        main = plan.final.runs[0]
-        legs = [r for r in self.status.runs if r.planned_id == main.run_id + PARTIAL_SUFFIX]
-        leg = legs[-1] if legs else None
-        if leg is None or leg.state != "Succeeded" or leg.result is None:
-            check.message = "the partial leg did not finish: no update and no continuation (the final run failed)"
-            return False
-        check.tokens, check.observed_loss = leg.result.tokens, leg.result.final_val_loss
-        prediction = self.status.prediction
-        law = self.status.law
+        lr = self._lr_for(plan.target.shape)
+        check = self.status.tuning.transfer
+        round2 = bool(self.status.tuning.round2_candidates)
+        if check is not None and check.verdict == "does-not-hold":
+            return lr, check.lr_low, check.lr_high, "extrapolated in width" + (" from Round 2" if round2 else "")
+        if self.status.tuning.round1_best_lr:
+            low = high = None
+            if check is not None and check.verdict == "holds" and check.lr_low and check.lr_high:
+                low, high = min(check.lr_low, lr), max(check.lr_high, lr)
+            source = "Round 2" if round2 else "Round 1"
+            return lr, low, high, f"{source}, transferred" if check and check.verdict == "holds" else source
+        return lr, None, None, "base"
+
+    def _partial_update(self, check: PartialCheckStatus, leg: RunRecord) -> None:
+        """The partial leg cooled down at partialFraction of the final run: an annealed point at the target size.
+        The law is refitted with it as one more endpoint (no extra weight), and the final loss is predicted from
+        the target's own point, carried to the end by the refitted law (`Conclusion.predict_from`); the prediction
+        before and after is kept. The final run resumes the leg's checkpoint by itself."""
+        assert leg.result is not None and leg.result.final_val_loss is not None
+        check.tokens, check.observed_loss = leg.trajectory_tokens, leg.result.final_val_loss
+        plan = self.status.plan
+        assert plan is not None
         try:
-            fitted = analysis.fit_ladder(self.status.runs, resamples=self.options.bootstrap_resamples, seed=self.seed,
-                                         grid=self.options.fit_grid, extra=[leg],
-                                         mode=law.mode if law is not None else "auto")
+            found = self._conclude(extra=[leg])
         except FitInputError as error:
-            check.message = f"the refit with the partial curve failed ({error}); the prediction is unchanged"
-        else:
-            params = prediction.params if prediction else float(main.params)
-            tokens = prediction.tokens if prediction else float(main.steps * main.batch_size * main.shape.seq_len)
-            after = analysis.predict(fitted, params, tokens)
-            check.loss_after, check.low_after, check.high_after = after.loss, after.loss_low, after.loss_high
-            if check.loss_before is not None:
-                check.change = after.loss - check.loss_before
-            self.status.prediction = after
-            check.message = (f"refitted with the final run's curve up to {leg.result.tokens:,} tokens "
-                             f"({check.fraction:g} of the run, loss {leg.result.final_val_loss:.4f}): predicted final "
-                             f"loss {check.loss_before if check.loss_before is not None else float('nan'):.4f} → "
-                             f"{after.loss:.4f}")
-            self._event("PartialCheck", check.message)
-        start = leg.stop_at_step or 1
-        rest = (main.steps - start) * main.batch_size * main.shape.seq_len
-        added = self._add(main, leg.learning_rate, leg.warmup_fraction, schedule=leg.schedule, tokens=rest,
-                          start_step=start, resume_from=leg.run_id)
-        return added is not None
+            check.message = f"the refit with the partial leg failed ({error}); the prediction is unchanged"
+            return
+        if found is None:
+            return
+        target = plan.target
+        # The leg and the final run share their trajectory up to the leg's cooldown: half of the seed variance
+        # (an assumption, stated) separates the leg's end from the final run's.
+        noise = (self._floor_sd() or PARTIAL_NOISE) * math.sqrt(0.5)
+        after = found.predict_from(target.params, target.tokens, leg.trajectory_tokens, leg.result.final_val_loss,
+                                   noise)
+        self.status.prediction = after
+        check.loss_after, check.low_after, check.high_after = after.loss, after.loss_low, after.loss_high
+        if check.loss_before is not None:
+            check.change = after.loss - check.loss_before
+        check.message = (f"the target's own annealed point at {leg.trajectory_tokens:,} tokens ({check.fraction:g} "
+                         f"of the run) has loss {leg.result.final_val_loss:.4f}; carried to the end by the refitted "
+                         f"law, the predicted final loss goes "
+                         f"{check.loss_before if check.loss_before is not None else float('nan'):.4f} → "
+                         f"{after.loss:.4f}")
+        self._event("PartialCheck", check.message)
+
+    def _partial_failed(self, check: PartialCheckStatus) -> None:
+        """The leg failed for good: the final run cannot resume it, so it starts from scratch (no check)."""
+        plan = self.status.plan
+        assert plan is not None
+        main = self._latest(plan.final.runs[-1].run_id)
+        check.message = "the partial leg failed: no check; the final run trains from scratch"
+        if main is not None and main.state == "Pending":
+            main.resume_from, main.resume_step, main.start_step = None, None, 0
+            main.tokens = main.trajectory_tokens
+        self._event("PartialCheck", check.message)
 
     def _partial_verdict(self, check: PartialCheckStatus) -> None:
         """Once the final run ends: how far each prediction was from what it reached."""
@@ -573,6 +693,24 @@ class _Engine:
         flops = record.shape.flops_per_token() * record.tokens
         return ledger.fits(self.status.runs, ledger.charge_for(self._pool(), flops), self._limits())
 
+    def _dependency(self, record: RunRecord) -> str:
+        """'ready' to launch, 'waiting' for the run it branches from, or 'failed' when that run failed for good.
+        A ready branch is pointed at the attempt of its parent that succeeded."""
+        if not record.resume_from or record.resume_step is None:
+            return "ready"
+        planned = self._planned_of(record.resume_from)
+        parent = self._latest(planned)
+        if parent is None or parent.state in ("Pending", "Running"):
+            return "waiting"
+        if parent.state != "Succeeded":
+            return "failed"
+        record.resume_from = parent.run_id
+        return "ready"
+
+    def _planned_of(self, run_id: str) -> str:
+        found = next((r for r in self.status.runs if r.run_id == run_id), None)
+        return found.planned_id if found is not None else run_id
+
     def _launch_pending(self) -> None:
         running = sum(1 for r in self.status.runs if r.state == "Running")
         slots = self.spec.gpu_pool.max_concurrent_runs - running
@@ -580,6 +718,14 @@ class _Engine:
             if slots <= 0:
                 break
             if record.state != "Pending":
+                continue
+            ready = self._dependency(record)
+            if ready == "waiting":
+                continue
+            if ready == "failed":
+                record.state, record.finished_at = "Failed", self.now
+                record.reason = f"not launched: {record.resume_from}, whose checkpoint it branches from, failed"
+                self._event("RunFailed", f"{record.run_id}: {record.reason}")
                 continue
             charge = ledger.charge_for(self._pool(), record.shape.flops_per_token() * record.tokens)
             if not ledger.fits(self.status.runs, charge, self._limits()):
@@ -600,24 +746,28 @@ class _Engine:
     def _recommend(self) -> None:
         plan = self.status.plan
         assert plan is not None
-        target, tuning = plan.target, self.status.tuning
+        target = plan.target
         pool = self._pool()
         prediction = self.status.prediction
         batch = max(1, self.spec.tuning.batch_tokens // target.shape.seq_len)
         lr, lr_low, lr_high, source = self._target_lr()
+        _, warmup, decay = self._decided()
         floor = self.status.noise_floor
+        allocation = self.status.allocation
         self.status.recommendation = Recommendation(
             shape=target.shape, params=target.params, tokens=target.tokens,
             learning_rate=lr, learning_rate_low=lr_low, learning_rate_high=lr_high, learning_rate_source=source,
-            noise_floor_are=floor.floor_are if floor is not None else None,
-            warmup_fraction=tuning.round1_best_warmup if tuning.round1_best_warmup is not None
-            else self.spec.tuning.warmup_fractions[0],
-            schedule=self.spec.tuning.schedule, batch_size=batch, flops=target.flops,
-            gpu_hours=pool.gpu_hours(target.flops), usd=pool.usd(target.flops),
+            noise_floor_are=floor.floor_are if floor is not None else None, warmup_fraction=warmup,
+            schedule=self.spec.tuning.schedule, decay_fraction=decay if self.spec.tuning.schedule == "wsd" else None,
+            batch_size=batch, flops=target.flops, gpu_hours=pool.gpu_hours(target.flops), usd=pool.usd(target.flops),
             predicted_loss=prediction.loss if prediction else None,
             loss_low=prediction.loss_low if prediction else None,
             loss_high=prediction.loss_high if prediction else None,
-            backtest_are=self.status.law.backtest_are if self.status.law else None, law=target.law)
+            backtest_are=self.status.law.backtest_are if self.status.law else None, law=target.law,
+            basis=allocation.basis if allocation else None,
+            identified=allocation.identified if allocation else False,
+            params_low=allocation.params_low if allocation else None,
+            params_high=allocation.params_high if allocation else None)
 
     def _summarise(self) -> None:
         st = self.status
@@ -636,10 +786,6 @@ class _Engine:
             if st.phase not in ("Succeeded", "Failed"):
                 planned_ids = {r.planned_id for r in st.runs}
                 remaining += sum(r.flops for r in st.plan.all_runs() if r.run_id not in planned_ids)
-                for leg in st.runs:  # a planned final run whose partial leg is under way: only the rest remains
-                    if leg.planned_id.endswith(PARTIAL_SUFFIX) and leg.attempt == 0 \
-                            and leg.planned_id.removesuffix(PARTIAL_SUFFIX) not in planned_ids:
-                        remaining -= leg.shape.flops_per_token() * leg.tokens
             if self.spec.gpu_pool.price_per_gpu_hour > 0:
                 st.ledger.forecast_usd = st.ledger.spent_usd + st.ledger.reserved_usd + self._pool().usd(remaining)
             st.target_params = st.plan.target.params

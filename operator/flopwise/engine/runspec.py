@@ -41,13 +41,14 @@ def sibling_output(output_dir: str, run_id: str, other: str) -> str:
 
 def run_spec_for(record: RunRecord, spec: TrainingCampaignSpec, plan: Plan, *, campaign: str, data_path: str,
                  output_dir: str, device: str = "auto") -> RunSpec:
-    """A leg of a run (``stop_at_step`` or ``resume_from`` set) gets the whole run's tokens, so that its schedule
-    is the whole run's; its record's tokens are the leg's (what it is charged)."""
-    leg = record.stop_at_step is not None or record.resume_from is not None
-    tokens = record.steps * record.batch_size * record.shape.seq_len if leg else record.tokens
+    """A branch or a leg of a run gets its whole schedule's tokens (``record.steps``), so that its learning rate
+    follows its whole schedule; its record's tokens are the steps it trains itself (what it is charged). A branch
+    resumes the checkpoint its parent kept at ``resume_step``; a run with branches keeps those checkpoints."""
+    tokens = record.steps * record.batch_size * record.shape.seq_len
     resume = sibling_output(output_dir, record.run_id, record.resume_from) if record.resume_from else None
     return RunSpec(
-        stop_at_step=record.stop_at_step, resume_from=resume,
+        stop_at_step=record.stop_at_step, resume_from=resume, resume_step=record.resume_step,
+        save_checkpoints_at=list(record.checkpoints_at),
         run_id=record.run_id, campaign=campaign, role=record.role, shape=record.shape, tokens=tokens,
         batch_size=record.batch_size,
         optimizer=OptimizerSpec(lr=record.learning_rate),

@@ -6,16 +6,18 @@ Pure functions (numpy/scipy only), so the engine, the report and the tests share
   up to two neighbours on each side; its vertex is the optimum, so it is not limited to grid points. Its
   standard error comes from the delta method on the parabola's coefficients, with the loss noise taken as the
   larger of the fit's residual scatter and the seed-noise floor (a 3-point parabola has no residual).
-* **Transfer verdict** (:func:`transfer_verdict`): muP promises the same best LR at every width. If the
-  per-width optima agree within one grid step, transfer holds and the largest proxy's optimum is used.
-* **Power law** (:func:`fit_power_law`): otherwise log η_opt = log a + b·log N is fitted by weighted least
-  squares (weights 1/se² of each width's log-optimum) and extrapolated to the target (as DeepSeek LLM fitted
-  η_opt = 0.3118·C^−0.125). The interval propagates the per-width errors through the fit's covariance; with
-  three or more widths it is inflated by the residual scatter when that is larger (Birge ratio) and uses a
-  t quantile with n − 2 degrees of freedom, with two widths a normal quantile.
-* **Noise floor** (:func:`noise_floor`): k seeds of the smallest ladder run. A perfect law's ARE on one run is
+* **Transfer verdict** (:func:`transfer_verdict`): muP promises the same best LR at every width (Yang et al.
+  2022: transfer across *width* at fixed depth). If the per-width optima agree within one grid step, transfer
+  holds and the largest proxy's optimum is used.
+* **Power law** (`flopwise.fitting.curves.fit_power_law`): otherwise log η_opt = log a + b·log dModel is fitted
+  by weighted least squares (weights 1/se² of each width's log-optimum) and extrapolated to the target's width
+  (as DeepSeek LLM fitted η_opt = 0.3118·C^−0.125, there in compute). The widths share their depth; the target
+  and the ladder's rungs differ in depth too, which muP does not promise to transfer (Yang et al. 2022 found
+  pre-LN transformers transfer across depth empirically, their Figure 4): a stated departure.
+* **Noise floor** (:func:`noise_floor`): k seeds of one ladder configuration. A perfect law's ARE on one run is
   E|ε|/L = √(2/π)·σ/L for Gaussian seed noise σ; a backtest ARE inside the 95% noise band (1.96·σ/L) cannot be
-  told apart from a rerun with another seed.
+  told apart from a rerun with another seed. σ from k seeds has k − 1 degrees of freedom, so the verdict uses
+  the band at σ's 95% upper bound (chi-square): only an ARE above it is the law's own error.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from itertools import combinations
 import numpy as np
 from scipy import stats
 
+from flopwise.fitting.curves import PowerLaw, fit_power_law, parabola_vertex
+
 DEFAULT_RELATIVE_NOISE = 0.005
 """Loss noise assumed (as a share of the loss) for a sweep when neither residuals nor seeds measured it."""
 WINDOW = 2  # neighbours on each side of the best grid point that the parabola sees
@@ -37,7 +41,7 @@ LEVEL = 0.95
 class SweepOptimum:
     """The best learning rate of one sweep: ``log_se`` is the standard error of log(lr)."""
 
-    size: float  # parameters of the width swept
+    size: float  # the width swept (dModel)
     lr: float
     log_se: float
     best_grid_lr: float
@@ -72,67 +76,16 @@ def fit_sweep(lrs: list[float], losses: list[float], *, size: float, noise_sd: f
         where = f"on the {edge} edge" if edge else "without finite neighbours on both sides"
         return SweepOptimum(size=size, lr=best, log_se=step, best_grid_lr=best, on_edge=edge, points=len(window),
                             note=f"best grid point {best:.3g} {where}: the optimum is uncertain by a grid step")
-    x, y = xs[window] - xs[i], ys[window]
-    design = np.stack([x * x, x, np.ones_like(x)], axis=1)
-    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-    a, b = float(coef[0]), float(coef[1])
-    if not a > 0:
-        return SweepOptimum(size=size, lr=best, log_se=step, best_grid_lr=best, on_edge=None, points=len(x),
+    sigma = noise_sd if noise_sd else DEFAULT_RELATIVE_NOISE * float(np.mean(ys[window]))
+    vertex = parabola_vertex(xs[window], ys[window], noise_sd=sigma)
+    if not vertex.convex:
+        return SweepOptimum(size=size, lr=best, log_se=step, best_grid_lr=best, on_edge=None, points=len(window),
                             note=f"best grid point {best:.3g}; the sweep is not convex around it")
-    vertex = -b / (2 * a)
-    clamped = min(max(vertex, float(x[0])), float(x[-1]))
-    dof = len(x) - 3
-    residual = float(np.sqrt(np.sum((design @ coef - y) ** 2) / dof)) if dof > 0 else 0.0
-    sigma = max(residual, noise_sd if noise_sd else DEFAULT_RELATIVE_NOISE * float(np.mean(y)))
-    cov = sigma**2 * np.linalg.pinv(design.T @ design)
-    grad = np.array([b / (2 * a * a), -1 / (2 * a), 0.0])
-    log_se = float(math.sqrt(max(grad @ cov @ grad, 0.0)))
-    log_se = min(max(log_se, 1e-3), step) if clamped == vertex else step
-    lr = best * math.exp(clamped)
-    note = f"parabola in log-LR over {len(x)} points puts the optimum at {lr:.3g} (best grid point {best:.3g})"
-    return SweepOptimum(size=size, lr=lr, log_se=log_se, best_grid_lr=best, on_edge=None, points=len(x), note=note)
-
-
-@dataclass(frozen=True)
-class PowerLaw:
-    """η_opt(N) = coefficient · N^exponent, fitted in log space, with its covariance (log a, b)."""
-
-    coefficient: float
-    exponent: float
-    exponent_low: float
-    exponent_high: float
-    cov: np.ndarray
-    quantile: float
-    n: int
-
-    def predict(self, size: float) -> tuple[float, float, float]:
-        """(lr, low, high) at ``size``: the fit's value and its interval (from the coefficients' covariance)."""
-        v = np.array([1.0, math.log(size)])
-        mean = math.log(self.coefficient) + self.exponent * math.log(size)
-        sd = math.sqrt(max(float(v @ self.cov @ v), 0.0))
-        return math.exp(mean), math.exp(mean - self.quantile * sd), math.exp(mean + self.quantile * sd)
-
-
-def fit_power_law(sizes: list[float], lrs: list[float], log_ses: list[float], level: float = LEVEL) -> PowerLaw:
-    """Weighted least squares of log(lr) on log(size); needs ≥ 2 distinct sizes (ValueError otherwise)."""
-    x, y = np.log(np.asarray(sizes, float)), np.log(np.asarray(lrs, float))
-    if len(x) < 2 or np.ptp(x) <= 0:
-        raise ValueError("a power law needs optima at two or more distinct sizes")
-    se = np.maximum(np.asarray(log_ses, float), 1e-3)
-    w = 1.0 / se**2
-    design = np.stack([np.ones_like(x), x], axis=1)
-    cov = np.linalg.inv(design.T @ (design * w[:, None]))
-    coef = cov @ design.T @ (w * y)
-    n = len(x)
-    if n >= 3:
-        chi2 = float(np.sum(w * (y - design @ coef) ** 2))
-        cov = cov * max(1.0, chi2 / (n - 2))
-        quantile = float(stats.t.ppf(0.5 + level / 2, n - 2))
-    else:
-        quantile = float(stats.norm.ppf(0.5 + level / 2))
-    b, sd_b = float(coef[1]), math.sqrt(float(cov[1, 1]))
-    return PowerLaw(coefficient=math.exp(coef[0]), exponent=b, exponent_low=b - quantile * sd_b,
-                    exponent_high=b + quantile * sd_b, cov=cov, quantile=quantile, n=n)
+    log_se = step if vertex.clamped else min(max(vertex.se, 1e-3), step)
+    lr = math.exp(vertex.x)
+    note = f"parabola in log-LR over {len(window)} points puts the optimum at {lr:.3g} (best grid point {best:.3g})"
+    return SweepOptimum(size=size, lr=lr, log_se=log_se, best_grid_lr=best, on_edge=None, points=len(window),
+                        note=note)
 
 
 @dataclass(frozen=True)
@@ -157,7 +110,7 @@ def transfer_verdict(optima: list[SweepOptimum], *, grid_factor: float, target_s
     drift = max(math.exp(abs(math.log(a.lr / b.lr))) for a, b in combinations(optima, 2))
     holds = drift <= grid_factor * (1 + 1e-9)
     largest = max(optima, key=lambda o: o.size)
-    widths = ", ".join(f"{o.lr:.3g} at {o.size:.3g} params" for o in sorted(optima, key=lambda o: o.size))
+    widths = ", ".join(f"{o.lr:.3g} at width {o.size:g}" for o in sorted(optima, key=lambda o: o.size))
     if holds:
         low, high = largest.interval(level)
         verdict = (f"transfer holds: best LRs {widths} agree within one grid step (×{grid_factor:g}; drift "
@@ -165,8 +118,8 @@ def transfer_verdict(optima: list[SweepOptimum], *, grid_factor: float, target_s
         return TransferDecision(True, drift, grid_factor, law, largest.lr, low, high, verdict)
     lr, low, high = law.predict(target_size)
     verdict = (f"transfer does not hold: best LRs {widths} drift ×{drift:.2f} (> one grid step, ×{grid_factor:g}); "
-               f"η_opt ∝ N^{law.exponent:.3f} [{law.exponent_low:.3f}, {law.exponent_high:.3f}] extrapolates to "
-               f"{lr:.3g} [{low:.3g}, {high:.3g}] at the target's {target_size:.3g} params")
+               f"η_opt ∝ dModel^{law.exponent:.3f} [{law.exponent_low:.3f}, {law.exponent_high:.3f}] extrapolates to "
+               f"{lr:.3g} [{low:.3g}, {high:.3g}] at the target's width {target_size:g}")
     return TransferDecision(False, drift, grid_factor, law, lr, low, high, verdict)
 
 
@@ -178,6 +131,7 @@ class NoiseFloor:
     floor_are: float  # expected ARE of a perfect law on one run: √(2/π)·σ/L
     band_are: float  # 95% of single-run noise draws lie within this relative error: 1.96·σ/L
     floor_are_high: float  # upper 95% bound on floor_are (chi-square on σ with k − 1 dof)
+    band_are_high: float  # the band at σ's upper 95% bound: what k seeds cannot rule out
 
 
 def noise_floor(losses: list[float], level: float = LEVEL) -> NoiseFloor:
@@ -188,11 +142,14 @@ def noise_floor(losses: list[float], level: float = LEVEL) -> NoiseFloor:
         raise ValueError("the noise floor needs two or more seeds that finished")
     mean, sd = float(values.mean()), float(values.std(ddof=1))
     upper = sd * math.sqrt((k - 1) / stats.chi2.ppf((1 - level) / 2, k - 1))
+    z = float(stats.norm.ppf(0.5 + level / 2))
     return NoiseFloor(seeds=k, mean_loss=mean, sd=sd, floor_are=math.sqrt(2 / math.pi) * sd / mean,
-                      band_are=float(stats.norm.ppf(0.5 + level / 2)) * sd / mean,
-                      floor_are_high=math.sqrt(2 / math.pi) * upper / mean)
+                      band_are=z * sd / mean, floor_are_high=math.sqrt(2 / math.pi) * upper / mean,
+                      band_are_high=z * upper / mean)
 
 
 def within_noise(backtest_are: float, floor: NoiseFloor) -> bool:
-    """A backtest ARE inside the 95% single-run noise band is not distinguishable from seed noise."""
-    return backtest_are <= floor.band_are
+    """A backtest ARE that seed noise alone could produce: inside the 95% single-run band at σ's upper bound.
+    With k seeds σ is known to a factor (its 95% upper bound is ~4.4× the estimate at k = 3), so only an ARE
+    above that bound shows an error of the law's own."""
+    return backtest_are <= floor.band_are_high

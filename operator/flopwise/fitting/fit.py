@@ -161,8 +161,9 @@ def fit_law_many(
         return fun
 
     owner = np.repeat(np.arange(n_sets), n_starts)
-    first = minimize_batched(batch(owner), np.tile(starts, (n_sets, 1)), free=free, ftol=GRID_FTOL, gtol=GRID_GTOL)
     keep = max(1, min(polish, n_starts))
+    first = minimize_batched(batch(owner), np.tile(starts, (n_sets, 1)), free=free, ftol=GRID_FTOL, gtol=GRID_GTOL,
+                             keep_best=keep * n_sets if n_sets == 1 else None)
     f_first = first.f.reshape(n_sets, n_starts)
     top = np.argsort(f_first, axis=1)[:, :keep]  # (R, keep) start indices
     rows = (top + np.arange(n_sets)[:, None] * n_starts).ravel()

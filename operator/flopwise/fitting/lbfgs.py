@@ -47,18 +47,29 @@ def minimize_batched(
     max_iter: int = MAX_ITER,
     max_backtracks: int = 40,
     c1: float = 1e-4,
+    keep_best: int | None = None,
 ) -> BatchResult:
     """Minimise ``fun`` from every row of ``x0``. ``free`` (P,) bool freezes the other coordinates.
+
+    ``keep_best`` is for multi-start searches of which only the best few results are used: from iteration
+    ``PRUNE_AFTER`` on, a start still running whose objective is above twice the ``keep_best``-th best one is
+    stopped (unconverged). On a grid, most starts converge within tens of iterations while a few drift along a
+    flat direction (an exponent → 0 with its coefficient) until the iteration cap, and those few set the wall time;
+    none of them was ever the winner on the data sets the fitter is held to (Epoch's replication, the OPT curves).
 
     Extreme grid starts overflow on their way out (their non-finite values are masked per start), so numpy's
     floating-point warnings are silenced here rather than shown to the user."""
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         return _minimize_batched(fun, x0, free=free, memory=memory, ftol=ftol, gtol=gtol, max_iter=max_iter,
-                                 max_backtracks=max_backtracks, c1=c1)
+                                 max_backtracks=max_backtracks, c1=c1, keep_best=keep_best)
+
+
+PRUNE_AFTER = 100
 
 
 def _minimize_batched(fun: BatchObjective, x0: np.ndarray, *, free: np.ndarray | None, memory: int, ftol: float,
-                      gtol: float, max_iter: int, max_backtracks: int, c1: float) -> BatchResult:
+                      gtol: float, max_iter: int, max_backtracks: int, c1: float,
+                      keep_best: int | None) -> BatchResult:
     x = np.array(x0, dtype=float, copy=True)
     n_starts, dim = x.shape
     mask = np.ones(dim, bool) if free is None else np.asarray(free, bool)
@@ -80,7 +91,10 @@ def _minimize_batched(fun: BatchObjective, x0: np.ndarray, *, free: np.ndarray |
     active = np.isfinite(f) & ~converged
     failures = np.zeros(n_starts, int)
 
-    for _ in range(max_iter):
+    for iteration in range(max_iter):
+        if keep_best is not None and iteration >= PRUNE_AFTER and iteration % 10 == 0 and n_starts > keep_best:
+            bar = np.partition(f, keep_best - 1)[keep_best - 1]
+            active &= ~(f > 2.0 * bar + 1e-12)
         idx = np.flatnonzero(active)
         if idx.size == 0:
             break

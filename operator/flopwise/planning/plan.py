@@ -4,13 +4,15 @@ Order of decisions, and why:
 1. The binding budget (FLOPs, or dollars through the pool) minus a margin that is never planned.
 2. The target: the compute-optimal model for the *final* share under the planning law (Chinchilla's until the
    campaign has fitted its own), rounded to a concrete shape; data-limited if the data cannot feed it.
-3. The ladder: ≥ 5 sizes spread log-uniformly below the target, each at its own compute-optimal tokens, the
-   largest as big as the ladder share allows (the fit extrapolates from it, so bigger is better), plus k − 1
-   seed replicas of the smallest rung (the seed-noise floor of the backtest).
+3. The ladder (:mod:`.ladder`): a design that puts several annealed final losses at each size — WSD trunks with
+   cooldown branches, or IsoFLOP profiles — as large as the ladder's share allows, every run at least
+   ``ladder.minSteps`` steps, plus k − 1 seed replicas of its cheapest run (the seed-noise floor).
 4. Round 1: a learning-rate grid (× warmups: the one pair known to interact) of short runs at a proxy size, as
    large as the share allows, and the same LR grid at narrower proxies (same depth, tokens and batch) to check
    that the best LR transfers across widths. One hyperparameter at a time otherwise; never a full factorial.
 5. Round 2: a few full-length runs at the same proxy, filled with Round 1's best points at run time.
+The engine runs Round 1 and Round 2 *before* the ladder, so that every rung trains at the learning rate the
+target will use (the law must describe tuned models); the plan is made up front all the same.
 Everything is planned in exact FLOPs (`ModelShape.flops_per_token`), so what is planned is what runs cost.
 Each study's runs and FLOPs are listed in `Plan.studies`; what the budget forced out is in `Plan.dropped`.
 """
@@ -22,27 +24,14 @@ import math
 from flopwise.api.spec import TrainingCampaignSpec
 from flopwise.api.status import PhasePlan, Plan, PlannedRun, StudyPlan, TargetPlan
 from flopwise.contract import ModelShape
+from flopwise.planning import ladder as designs
 from flopwise.planning.budget import Pool, binding_budget
+from flopwise.planning.ladder import largest_within
 from flopwise.planning.laws import AllocationRule, ScalingLaw, allocation_rule, tokens_for_params
 from flopwise.planning.shapes import ShapeRules, make_shape, shape_for_params, smallest_shape
 
-MIN_STEPS = 32  # a run shorter than this says nothing about its schedule: shrink its batch instead
-BISECTION_ITERATIONS = 60
+MIN_STEPS = 32  # a tuning run shorter than this says nothing about its schedule: shrink its batch instead
 WIDTH_RATIO = 4  # Round 1's transfer check: each narrower proxy is this many times narrower
-
-
-def largest_within(cost, allotted: float, low: float, high: float) -> float:
-    """The largest size in [low, high] whose ``cost(size)`` fits ``allotted`` (``cost(low)`` must fit), by
-    bisection in log space to 0.1%: costs grow with size, up to shape rounding."""
-    lo, hi = math.log(low), math.log(high)
-    if cost(high) <= allotted:
-        return high
-    for _ in range(BISECTION_ITERATIONS):
-        if hi - lo < 1e-3:
-            break
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cost(math.exp(mid)) <= allotted else (lo, mid)
-    return math.exp(lo)
 
 
 class PlanError(ValueError):
@@ -58,10 +47,10 @@ def pool_of(spec: TrainingCampaignSpec) -> Pool:
                 price_per_gpu_hour=spec.gpu_pool.price_per_gpu_hour)
 
 
-def batch_for(spec: TrainingCampaignSpec, shape: ModelShape, tokens: float) -> int:
-    """Sequences per step: the spec's batch, shrunk so that short runs still take ≥ MIN_STEPS steps."""
+def batch_for(spec: TrainingCampaignSpec, shape: ModelShape, tokens: float, min_steps: int = MIN_STEPS) -> int:
+    """Sequences per step: the spec's batch, shrunk so that short runs still take ≥ ``min_steps`` steps."""
     full = max(1, spec.tuning.batch_tokens // shape.seq_len)
-    fits = max(1, int(tokens // (shape.seq_len * MIN_STEPS)))
+    fits = max(1, int(tokens // (shape.seq_len * min_steps)))
     return max(1, min(full, fits))
 
 
@@ -85,18 +74,21 @@ class _Planner:
 
     # -- one run ------------------------------------------------------------------------------------
     def run(self, run_id: str, role: str, shape: ModelShape, tokens: float, *, lr: float | None = None,
-            warmup: float | None = None, max_flops: float = math.inf, seed_offset: int = 0) -> PlannedRun:
-        """A run of whole steps: ``tokens`` rounded up, or down where that would pass ``max_flops``."""
-        batch = batch_for(self.spec, shape, tokens)
+            warmup: float | None = None, max_flops: float = math.inf, seed_offset: int = 0, batch: int | None = None,
+            start_step: int = 0, **extra: object) -> PlannedRun:
+        """A run of whole steps: ``tokens`` (its whole schedule's) rounded up, or down where that would pass
+        ``max_flops``. A branch (``start_step`` > 0) trains and is charged only the steps after it."""
+        batch = batch or batch_for(self.spec, shape, tokens)
         step_flops = shape.flops_per_token() * batch * shape.seq_len
         steps = max(1, math.ceil(tokens / (batch * shape.seq_len)))
-        if steps * step_flops > max_flops:
-            steps = max(1, math.floor(max_flops / step_flops))
-        whole_tokens = steps * batch * shape.seq_len
-        flops = shape.flops_per_token() * whole_tokens
-        return PlannedRun(run_id=run_id, role=role, shape=shape, params=shape.param_count(), tokens=whole_tokens,
+        if (steps - start_step) * step_flops > max_flops:
+            steps = start_step + max(1, math.floor(max_flops / step_flops))
+        leg_tokens = (steps - start_step) * batch * shape.seq_len
+        flops = shape.flops_per_token() * leg_tokens
+        return PlannedRun(run_id=run_id, role=role, shape=shape, params=shape.param_count(), tokens=leg_tokens,
                           batch_size=batch, steps=steps, flops=flops, gpu_hours=self.pool.gpu_hours(flops),
-                          usd=self.pool.usd(flops), learning_rate=lr, warmup_fraction=warmup, seed_offset=seed_offset)
+                          usd=self.pool.usd(flops), learning_rate=lr, warmup_fraction=warmup, seed_offset=seed_offset,
+                          start_step=start_step, **extra)  # type: ignore[arg-type]
 
     def optimal_tokens(self, shape: ModelShape) -> float:
         """Compute-optimal tokens for a shape, capped by the data that exists."""
@@ -126,61 +118,106 @@ class _Planner:
                           tokens_per_param=tokens / shape.param_count(), predicted_loss=loss,
                           gpu_hours=self.pool.gpu_hours(exact), usd=self.pool.usd(exact), data_limited=data_limited)
 
-    def ladder_runs(self, largest: float) -> list[PlannedRun]:
+    def maker(self) -> designs.RunMaker:
         cfg = self.spec.ladder
-        smallest = max(float(cfg.min_params), largest / cfg.spread)
-        shapes: dict[tuple[int, int], ModelShape] = {}
-        for i in range(cfg.sizes):
-            params = smallest * (largest / smallest) ** (i / (cfg.sizes - 1)) if largest > smallest else smallest
-            shape = self.shape(params)
-            shapes.setdefault((shape.n_layer, shape.d_model), shape)
-        ordered = sorted(shapes.values(), key=ModelShape.param_count)
-        return [self.run(f"ladder-{i:02d}", "ladder", s, self.optimal_tokens(s)) for i, s in enumerate(ordered)]
+        return designs.RunMaker(
+            shape=self.shape, optimal_tokens=self.optimal_tokens,
+            optimal_params=lambda flops: self.rule.allocate(flops).params, run=self.run,
+            batch_for=lambda shape, tokens: batch_for(self.spec, shape, tokens, cfg.min_steps),
+            cooldown=self.spec.tuning.decay_fraction if self.spec.tuning.schedule == "wsd" else 0.0,
+            max_tokens=self.data_tokens)
 
-    def ladder(self, allotted: float, target_params: int) -> PhasePlan:
+    def design_runs(self, scale: float) -> list[PlannedRun]:
+        """The design at ``scale``: the largest size (wsd) or the top compute level (isoflop)."""
         cfg = self.spec.ladder
-        floor = max(float(cfg.min_params), float(smallest_shape(self.rules).param_count()))
-        ceiling = target_params / 2.0
+        if cfg.design == "wsd":
+            return designs.wsd_ladder(self.maker(), scale, cfg.sizes, cfg.spread, self.floor(), cfg.token_multiples)
+        return designs.isoflop_ladder(self.maker(), scale, cfg.levels, cfg.level_ratio, cfg.sizes, cfg.spread,
+                                      self.floor())
 
+    def floor(self) -> float:
+        return max(float(self.spec.ladder.min_params), float(smallest_shape(self.rules).param_count()))
+
+    def complete(self, runs: list[PlannedRun]) -> bool:
+        """The design is whole: every wsd size distinct, or every isoflop level a parabola (3 sizes or more)."""
+        cfg = self.spec.ladder
+        if cfg.design == "wsd":
+            return designs.distinct_sizes(runs) >= cfg.sizes
+        return designs.levels_with_sizes(runs, 3) >= cfg.levels
+
+    def ladder(self, allotted: float, target_params: int, target_flops: float) -> PhasePlan:
+        cfg = self.spec.ladder
         replicas = cfg.seeds - 1
 
-        def cost(largest: float, replicas: int = 0) -> float:
-            runs = self.ladder_runs(largest)
-            return sum(r.flops for r in runs) + replicas * runs[0].flops if len(runs) >= cfg.sizes else math.inf
+        def cost(scale: float, replicas: int = 0) -> float:
+            runs = self.design_runs(scale)
+            if not self.complete(runs):
+                return math.inf
+            return sum(r.flops for r in runs) + replicas * self.seed_flops(runs)
 
-        # The smallest ladder with `sizes` distinct shapes: tiny widths are coarse, so neighbouring sizes can
-        # round to one shape; widen the span until they do not.
-        low = floor * 2.0
+        # The smallest complete design (tiny widths are coarse: neighbouring sizes can round to one shape, and
+        # sizes below the floor are left out), then the largest one the share pays for.
+        if cfg.design == "wsd":
+            low, ceiling = self.floor() * 2.0, target_params / 2.0
+        else:
+            low, ceiling = self.rule.flops_for_params(self.floor()) * 4.0, target_flops / 2.0
         while cost(low) == math.inf and low <= ceiling:
             low *= 1.25
         if low > ceiling:
-            raise PlanError("spec.budget", f"the target model ({target_params:.3g} params) is too small for a ladder "
-                            f"of {cfg.sizes} distinct sizes above {floor:.3g} params: raise the budget, or lower "
-                            "ladder.minParams, ladder.sizes or model.widthMultiple")
+            raise PlanError("spec.budget", f"the target model ({target_params:.3g} params) is too small for a "
+                            f"{cfg.design} ladder above {self.floor():.3g} params: raise the budget, or lower "
+                            "ladder.minParams, ladder.sizes, ladder.spread or model.widthMultiple")
         if cost(low) > allotted:
             need = cost(low) / max(self.spec.budget.split.ladder, 1e-12) / (1 - self.spec.budget.margin)
-            raise PlanError("spec.budget", f"too small for even the smallest ladder: {cfg.sizes} sizes from "
-                            f"{floor:.3g} params need {cost(low):.3g} FLOPs but the ladder share is "
-                            f"{allotted:.3g}; raise the budget to at least {need:.3g} FLOPs, or lower "
-                            "ladder.minParams or ladder.sizes")
+            raise PlanError("spec.budget", f"too small for even the smallest {cfg.design} ladder: it needs "
+                            f"{cost(low):.3g} FLOPs but the ladder share is {allotted:.3g}; raise the budget to at "
+                            f"least {need:.3g} FLOPs, or lower ladder.minParams, ladder.sizes, ladder.minSteps or "
+                            "ladder.spread")
         if replicas and cost(low, replicas) > allotted:
-            self.dropped.append(f"ladder: {replicas} seed replicas of the smallest rung do not fit the ladder share; "
-                                "no seed-noise floor (raise budget.split.ladder or lower ladder.seeds)")
+            self.dropped.append(f"ladder: {replicas} seed replicas do not fit the ladder share; no seed-noise floor "
+                                "(raise budget.split.ladder or lower ladder.seeds)")
             replicas = 0
-        # The biggest ladder (with its seed replicas) whose exact FLOPs fit the share.
-        runs = self.ladder_runs(largest_within(lambda x: cost(x, replicas), allotted, low, max(low, ceiling)))
-        notes = [f"{len(runs)} sizes from {runs[0].params:,} to {runs[-1].params:,} params "
-                 f"({runs[-1].params / runs[0].params:.1f}× span), each at its compute-optimal tokens"]
-        self.study("scaling ladder", "ladder", "size, at compute-optimal tokens", runs)
-        seeds = [self.run(f"seed-{i:02d}", "seed", runs[0].shape, runs[0].tokens, seed_offset=i)
-                 for i in range(1, replicas + 1)]
+        runs = self.design_runs(largest_within(lambda x: cost(x, replicas), allotted, low, max(low, ceiling)))
+        notes = self.design_notes(runs)
+        self.study(f"scaling ladder ({cfg.design})", "ladder", "size × tokens" if cfg.design == "wsd"
+                   else "size at fixed compute, per level", runs)
+        source = designs.seed_source(runs)
+        seeds = [self.run(f"seed-{i:02d}", "seed", source.shape, source.trajectory_tokens, batch=source.batch_size,
+                          seed_offset=i) for i in range(1, replicas + 1)]
         if seeds:
-            notes.append(f"seed-noise floor: the smallest rung ({runs[0].params:,} params) rerun with {replicas} "
-                         f"other seeds, {sum(r.flops for r in seeds):.3g} FLOPs")
+            notes.append(f"seed-noise floor: {source.run_id}'s configuration ({source.params:,} params, "
+                         f"{source.trajectory_tokens:,} tokens) rerun from scratch with {replicas} other seeds, "
+                         f"{sum(r.flops for r in seeds):.3g} FLOPs")
             self.study("seed-noise floor", "ladder", "seed", seeds)
-        if any(r.tokens >= self.data_tokens for r in runs):
-            self.warnings.append("data-limited ladder: some rungs are capped by the tokens that exist")
+        if any(r.trajectory_tokens >= self.data_tokens for r in runs):
+            self.warnings.append("data-limited ladder: some runs are capped by the tokens that exist")
+        if cfg.design == "isoflop" and self.data_tokens < math.inf:
+            wanted = self.spec.ladder.levels * self.spec.ladder.sizes
+            if len(runs) < wanted:
+                self.warnings.append(f"data-limited ladder: {wanted - len(runs)} IsoFLOP runs would need more tokens "
+                                     "than exist (or fall below ladder.minParams) and are left out")
         return self._phase("ladder", allotted, runs + seeds, notes)
+
+    def seed_flops(self, runs: list[PlannedRun]) -> float:
+        source = designs.seed_source(runs)
+        return source.shape.flops_per_token() * source.trajectory_tokens
+
+    def design_notes(self, runs: list[PlannedRun]) -> list[str]:
+        cfg = self.spec.ladder
+        sizes = sorted({r.params for r in runs})
+        steps = min(r.steps for r in runs)
+        if cfg.design == "wsd":
+            trunks = [r for r in runs if r.branch_of is None]
+            multiples = ", ".join(f"{m:g}" for m in sorted(set(cfg.token_multiples)))
+            return [f"wsd: {len(trunks)} sizes from {sizes[0]:,} to {sizes[-1]:,} params "
+                    f"({sizes[-1] / sizes[0]:.1f}× span), each ending at {multiples}× its compute-optimal tokens: "
+                    f"one trunk to the longest, cooldowns of {self.spec.tuning.decay_fraction:g} of their steps "
+                    f"branched from it for the others; {len(runs)} annealed points, shortest run {steps} steps"]
+        levels = sorted({r.level for r in runs if r.level is not None})
+        top = max(r.flops for r in runs if r.level == 0)
+        return [f"isoflop: {len(levels)} compute levels from {top:.3g} FLOPs down by {cfg.level_ratio:g}×, "
+                f"{cfg.sizes} sizes spread {cfg.spread:g}× around the prior's optimum at each; {len(runs)} runs "
+                f"from {sizes[0]:,} to {sizes[-1]:,} params, shortest {steps} steps"]
 
     def learning_rates(self, points: int) -> list[float]:
         tuning = self.spec.tuning
@@ -205,7 +242,7 @@ class _Planner:
     def round1(self, allotted: float, ladder: PhasePlan) -> tuple[PhasePlan, ModelShape | None]:
         tuning = self.spec.tuning
         rungs = [r for r in ladder.runs if r.role == "ladder"]
-        largest, smallest = rungs[-1].params, rungs[0].params
+        largest, smallest = max(r.params for r in rungs), min(r.params for r in rungs)
         grids = [(tuning.lr_grid_points, list(tuning.warmup_fractions))]
         if len(tuning.warmup_fractions) > 1:
             grids.append((tuning.lr_grid_points, list(tuning.warmup_fractions[:1])))
@@ -299,14 +336,25 @@ class _Planner:
     def final(self, allotted: float, target: TargetPlan) -> PhasePlan:
         if not self.spec.final.enabled:
             return self._phase("final", allotted, [], ["final.enabled is false: the target is a recommendation"])
-        run = self.run("final-00", "final", target.shape, target.tokens, max_flops=allotted)
-        notes = []
-        if self.spec.final.partial_check:
-            stop = partial_stop_step(run.steps, self.spec.final.partial_fraction)
-            notes.append(f"partial check: the final run stops at step {stop:,} of {run.steps:,} "
-                         f"({self.spec.final.partial_fraction:g} of its tokens, on the full run's schedule), the law "
-                         "is refitted with its curve, then it resumes from its checkpoint: no extra FLOPs")
-        return self._phase("final", allotted, [run], notes)
+        if not self.spec.final.partial_check:
+            return self._phase("final", allotted, [self.run("final-00", "final", target.shape, target.tokens,
+                                                            max_flops=allotted)], [])
+        # The partial check's leg cools down on its own (an annealed point at the target size); the final run
+        # resumes from the leg's stable-phase checkpoint, so the check costs the leg's cooldown and no more.
+        fraction, cooldown = self.spec.final.partial_fraction, self.spec.tuning.decay_fraction
+        main = self.run("final-00", "final", target.shape, target.tokens,
+                        max_flops=allotted / (1 + fraction * cooldown))
+        leg_steps, start = partial_leg_steps(main.steps, fraction, cooldown)
+        leg = self.run("final-00" + PARTIAL_SUFFIX, "final", target.shape, leg_steps * main.batch_size *
+                       target.shape.seq_len, batch=main.batch_size, checkpoints_at=[start])
+        main = self.run("final-00", "final", target.shape, main.steps * main.batch_size * target.shape.seq_len,
+                        batch=main.batch_size, start_step=start, branch_of=leg.run_id)
+        extra = leg.flops + main.flops - main.shape.flops_per_token() * main.trajectory_tokens
+        notes = [f"partial check: a first leg trains {leg_steps:,} of the final run's {main.steps:,} steps "
+                 f"({fraction:g} of its tokens) and cools down over its last {leg_steps - start:,} (an annealed point "
+                 f"at the target size), the law is refitted with it, then the final run resumes from the leg's "
+                 f"checkpoint at step {start:,}: {extra:.3g} extra FLOPs"]
+        return self._phase("final", allotted, [leg, main], notes)
 
     def _phase(self, name: str, allotted: float, runs: list[PlannedRun], notes: list[str]) -> PhasePlan:
         share = getattr(self.spec.budget.split, name)
@@ -315,20 +363,43 @@ class _Planner:
                          runs=runs, notes=notes)
 
 
-def partial_stop_step(steps: int, fraction: float) -> int:
-    """The step a partial final leg stops at: ``fraction`` of the run, at least one step and one step short."""
-    return min(max(1, round(fraction * steps)), max(1, steps - 1))
+PARTIAL_SUFFIX = "-p"  # the partial leg of a final run: `final-00-p`, branched into by `final-00`
 
 
-def plan_campaign(spec: TrainingCampaignSpec, law: ScalingLaw | None = None) -> Plan:
+def partial_leg_steps(steps: int, fraction: float, cooldown: float) -> tuple[int, int]:
+    """(the leg's steps, the step its cooldown starts): ``fraction`` of the run, at least two steps and one step
+    short of it; the final run resumes the leg's checkpoint at the cooldown's start."""
+    leg = min(max(2, round(fraction * steps)), max(2, steps - 1))
+    return leg, max(1, min(leg - 1, round((1.0 - cooldown) * leg)))
+
+
+def final_budget(spec: TrainingCampaignSpec) -> float:
+    """The FLOPs the target is sized for: the final share of the usable budget (all of it when the final run is
+    a recommendation only, ``split.final`` 0)."""
+    pool = pool_of(spec)
+    budget_flops, _ = binding_budget(pool, spec.budget.flops, spec.budget.usd)
+    usable = budget_flops * (1.0 - spec.budget.margin)
+    return spec.budget.split.final * usable if spec.budget.split.final > 0 else usable
+
+
+def plan_final(spec: TrainingCampaignSpec, rule: AllocationRule) -> tuple[TargetPlan, PhasePlan]:
+    """The target and the final phase under ``rule`` (the campaign's own allocation once it has one)."""
+    planner = _Planner(spec, rule)
+    budget_flops, _ = binding_budget(planner.pool, spec.budget.flops, spec.budget.usd)
+    usable = budget_flops * (1.0 - spec.budget.margin)
+    target = planner.target(final_budget(spec))
+    return target, planner.final(spec.budget.split.final * usable, target)
+
+
+def plan_campaign(spec: TrainingCampaignSpec, law: AllocationRule | None = None) -> Plan:
     """Plan a campaign under ``spec.law`` or, once the campaign has fitted one, under ``law``."""
     rule = law if law is not None else allocation_rule(spec.law)
     planner = _Planner(spec, rule)
     budget_flops, binding = binding_budget(planner.pool, spec.budget.flops, spec.budget.usd)
     usable = budget_flops * (1.0 - spec.budget.margin)
     split = spec.budget.split
-    target = planner.target(split.final * usable if split.final > 0 else usable)
-    ladder = planner.ladder(split.ladder * usable, target.params)
+    target = planner.target(final_budget(spec))
+    ladder = planner.ladder(split.ladder * usable, target.params, target.flops)
     round1, proxy = planner.round1(split.round1 * usable, ladder)
     round2 = planner.round2(split.round2 * usable, proxy)
     final = planner.final(split.final * usable, target)

@@ -67,9 +67,13 @@ def are_reading(are: float | None) -> str:
             "reliably yet; widen the ladder (more sizes, a larger top run) before trusting the prediction")
 
 
-LR_SOURCES = {"transferred": "the largest proxy's optimum: transfer across widths holds",
-              "extrapolated": "extrapolated to the target by the power law of the best LR across widths",
-              "proxy": "the proxy's optimum (transfer not checked)", "base": "the base learning rate (no Round 1)"}
+BASIS_READING = {
+    "full": "the campaign's five-parameter fit (identified)",
+    "borrowed": "the campaign's fit with the exponents held at Epoch's refit (the five-parameter fit was not "
+                "identified)",
+    "approach-2": "Approach 2's IsoFLOP minima (no parametric fit was identified)",
+    "prior": "**the prior law: nothing the campaign measured identifies an allocation — do not bet on it**",
+}
 
 
 def floor_reading(status: TrainingCampaignStatus) -> str:
@@ -171,13 +175,16 @@ def recommendation(spec: TrainingCampaignSpec, status: TrainingCampaignStatus) -
         ["parameters", fmt.exact(rec.params)],
         ["tokens", fmt.exact(rec.tokens)],
         ["tokens / parameter", f"{rec.tokens / rec.params:.1f}"],
+        ["size rests on", (BASIS_READING.get(rec.basis, rec.basis) if rec.basis else NA) + (
+            f"; compute-optimal size {_interval(rec.params_low, rec.params_high, 3)} (95%)"
+            if rec.params_low is not None else "")],
         ["learning rate", fmt.lr(rec.learning_rate) + (
             f" (95% interval {_interval(rec.learning_rate_low, rec.learning_rate_high, 3)})"
             if rec.learning_rate_low is not None else "") + (
-            f"; {LR_SOURCES.get(rec.learning_rate_source, rec.learning_rate_source)}"
-            if rec.learning_rate_source else "")],
+            f"; from {rec.learning_rate_source}" if rec.learning_rate_source else "")],
         ["warmup", f"{rec.warmup_fraction:g} of the steps"],
-        ["schedule", rec.schedule],
+        ["schedule", rec.schedule + (f", cooling down over the last {rec.decay_fraction:g} of the steps"
+                                     if rec.decay_fraction is not None else "")],
         ["batch", f"{rec.batch_size:,} sequences ({rec.batch_size * shape.seq_len:,} tokens) per step"],
         ["FLOPs", fmt.flops(rec.flops)],
         ["GPU-hours", fmt.hours(rec.gpu_hours)],
@@ -215,18 +222,54 @@ def law_section(status: TrainingCampaignStatus, figures: Mapping[str, str | None
                 f"Seed-noise floor: {floor_reading(status)}."]
         if not law.ci_low:
             out += ["", "No intervals: the fit was not bootstrapped."]
+        if law.identified is False:
+            out += ["", "**This law is not identified by the campaign's data**: " + "; ".join(law.problems) + "."]
+        elif law.identified is None:
+            out += ["", "An interim fit while the ladder runs: identifiability is judged when the ladder ends."]
         if law.mode != "full":
-            out += ["", f"The `{law.mode}` mode fixes part of the law instead of fitting all five parameters "
-                    "(too few ladder points for a full fit), so the exponents are partly assumed."]
+            out += ["", f"The `{law.mode}` mode holds the exponents at Epoch's refit (α 0.348, β 0.366) and fits "
+                    "E, A and B; its intervals include a ±0.05 uncertainty on each borrowed exponent."]
+        if law.noise:
+            out += ["", f"Intervals: a parametric bootstrap that redraws every point with {law.noise}."]
+        out += [f"- {note}" for note in law.notes]
         ladder = [r for r in status.runs if r.role == "ladder" and r.state == "Succeeded"]
         if ladder and status.plan is not None:
-            top = max(ladder, key=lambda r: r.params)
+            top = max(ladder, key=lambda r: r.shape.flops_per_token() * r.trajectory_tokens)
             target = status.plan.target
-            out += ["", f"Extrapolation: the target has {target.params / top.params:.1f}× the parameters and "
-                    f"{target.flops / max(top.shape.flops_per_token() * top.tokens, 1.0):.0f}× the compute of the "
-                    "largest ladder run."]
-    out += ["", figure(figures, plots.LOSS_VS_COMPUTE, "Loss vs compute: ladder runs, fitted law and frontier"),
+            out += ["", f"Extrapolation: the target has {target.params / max(r.params for r in ladder):.1f}× the "
+                    f"parameters and {target.flops / max(top.shape.flops_per_token() * top.trajectory_tokens, 1.0):.0f}"
+                    "× the compute of the largest ladder run."]
+    out += ["", allocation_section(status), "",
+            figure(figures, plots.LOSS_VS_COMPUTE, "Loss vs compute: annealed endpoints, fitted law and frontier"),
+            "", figure(figures, plots.ISOFLOP, "IsoFLOP profiles and N_opt(C)"),
             "", figure(figures, plots.LADDER_CURVES, "Ladder training curves")]
+    return "\n".join(out)
+
+
+def allocation_section(status: TrainingCampaignStatus) -> str:
+    """The compute-optimal size at the final budget: its basis, its interval, and Approach 2 beside it."""
+    out = ["### Compute-optimal allocation", ""]
+    allocation = status.allocation
+    if allocation is None:
+        out.append("Allocation: not available yet (it is made when the ladder ends).")
+        return "\n".join(out)
+    rows = [["basis", BASIS_READING.get(allocation.basis, allocation.basis)],
+            ["N_opt at " + fmt.flops(allocation.flops) + " FLOPs", fmt.count(allocation.params) + " params" + (
+                f" (95% interval {_interval(allocation.params_low, allocation.params_high, 3)})"
+                if allocation.params_low is not None else "")]]
+    a2 = allocation.approach2
+    if a2 is not None:
+        kind = "interpolated from the WSD endpoints" if a2.interpolated else "from the IsoFLOP levels"
+        value = (f"{fmt.count(a2.params)} params {_interval(a2.params_low, a2.params_high, 3)}; N_opt ∝ C^"
+                 f"{fmt.sig(a2.exponent, 3)} {_interval(a2.exponent_low, a2.exponent_high, 3)}"
+                 if a2.params is not None else "not available")
+        rows.append([f"Approach 2 ({kind}; {a2.bracketed} of {a2.levels} levels bracket a minimum)", value])
+        if allocation.agree is not None:
+            rows.append(["agreement", "the two allocations agree" if allocation.agree
+                         else "**they disagree**: the ladder may not span the optimum, or the law's form fails"])
+    out.append(table(["", ""], rows))
+    if allocation.message:
+        out += ["", allocation.message + "."]
     return "\n".join(out)
 
 
@@ -288,10 +331,17 @@ def tuning_section(status: TrainingCampaignStatus, figures: Mapping[str, str | N
                 f"- grid extended past its edge: {'yes' if tuning.round1_grid_extended else 'no'}",
                 f"- decision: {tuning.round1_note.strip() or NA}"]
     out += ["", figure(figures, plots.ROUND1_SWEEP, "Round 1 learning-rate sweep"), "",
-            "### Round 2: run length", ""]
+            "### Round 2: the decision at full length", ""]
     verdict = tuning.round2_verdict.strip() or NA
     out.append(f"Verdict: {verdict}" + (f" (best checkpoint at {tuning.round2_best_fraction:.0%} of the run)."
                                         if tuning.round2_best_fraction is not None else "."))
+    if tuning.round2_candidates:
+        out += ["", table(["run", "learning rate", "cooldown", "final loss"],
+                          [[c.run_id, fmt.lr(c.learning_rate), f"{c.decay_fraction:g}" if c.decay_fraction else "-",
+                            fmt.loss(c.final_loss)] for c in tuning.round2_candidates], "lrrr")]
+    if tuning.learning_rate is not None:
+        out += ["", f"Every ladder run and the final run train at: {tuning.lr_rule or fmt.lr(tuning.learning_rate)}"
+                + (f", warmup {tuning.warmup_fraction:g}" if tuning.warmup_fraction is not None else "") + "."]
     if _runs_of(status, "round2") or figures.get(plots.ROUND2_CURVES, "") is None:
         out += ["", figure(figures, plots.ROUND2_CURVES, "Round 2 training curves")]
     return "\n".join(out)
@@ -312,13 +362,13 @@ def bets_section(status: TrainingCampaignStatus, figures: Mapping[str, str | Non
             out += ["", table(["width", "parameters", "best LR (parabola in log-LR)", "95% interval",
                                "on the grid's edge", "points"], rows, "rrrlll")]
         if transfer.exponent is not None:
-            out += ["", f"Power law of the best LR: η_opt = {fmt.sig(transfer.coefficient, 3)} · N^"
-                    f"{fmt.sig(transfer.exponent, 3)} (exponent 95% interval "
+            out += ["", f"Power law of the best LR in width (depth held): η_opt = {fmt.sig(transfer.coefficient, 3)}"
+                    f" · dModel^{fmt.sig(transfer.exponent, 3)} (exponent 95% interval "
                     f"{_interval(transfer.exponent_low, transfer.exponent_high, 3)}; weighted least squares in log "
-                    "space, errors propagated from each width's optimum). Target "
-                    f"({fmt.count(transfer.target_params)} params): lr **{fmt.lr(transfer.learning_rate)}** "
+                    "space, errors propagated from each width's optimum). Target width "
+                    f"{transfer.target_d_model or NA}: lr **{fmt.lr(transfer.learning_rate)}** "
                     f"{_interval(transfer.lr_low, transfer.lr_high, 3)}."]
-    out += ["", figure(figures, plots.LR_TRANSFER, "Best learning rate vs parameters across proxy widths"),
+    out += ["", figure(figures, plots.LR_TRANSFER, "Best learning rate vs width across proxy widths"),
             "", "### Seed-noise floor", "", f"{floor_reading(status)}."]
     floor = status.noise_floor
     if floor is not None and floor.losses:
@@ -331,15 +381,15 @@ def bets_section(status: TrainingCampaignStatus, figures: Mapping[str, str | Non
     else:
         change = f"{check.change:+.4f}" if check.change is not None else NA
         rows = [["before (ladder only)", fmt.loss(check.loss_before), _interval(check.low_before, check.high_before)],
-                [f"after (+ the final run's curve to {fmt.percent(check.fraction, 0)})", fmt.loss(check.loss_after),
-                 _interval(check.low_after, check.high_after)],
+                [f"after (+ the target's annealed point at {fmt.percent(check.fraction, 0)})",
+                 fmt.loss(check.loss_after), _interval(check.low_after, check.high_after)],
                 ["change", change, ""],
                 ["observed final loss", fmt.loss(check.final_loss), ""]]
         out += [table(["prediction of the final loss", "loss", "95% interval"], rows, "lrl"), "",
                 f"{(check.message or '').strip()}.", "",
-                "The partial curve runs on the full run's schedule, so its points are mid-schedule (higher LR than at "
-                "the end), like the ladder's own intermediate checkpoints; the refit weighs it as much as the whole "
-                "ladder, being the only evidence at the target size."]
+                "The partial leg follows the final run's schedule and cools down over its own last steps, so it ends "
+                "on an annealed point at the target size, fitted like any ladder endpoint (no extra weight); the "
+                "final run resumes the leg's checkpoint from before that cooldown."]
     return "\n".join(out)
 
 

@@ -29,6 +29,7 @@ ROUND1_SWEEP = "round1_sweep.png"
 BUDGET_BURNDOWN = "budget_burndown.png"
 ROUND2_CURVES = "round2_curves.png"
 LR_TRANSFER = "lr_transfer.png"
+ISOFLOP = "isoflop_profiles.png"
 
 
 def _figure(width: float = 7.5, height: float = 4.8) -> Any:
@@ -139,33 +140,42 @@ def _safe(fn: Callable[[], float]) -> float | None:
     return value if _finite(value) else None
 
 
+def _endpoints(status: TrainingCampaignStatus) -> list[RunRecord]:
+    """The runs the law is fitted to: finished ladder runs and seed replicas, each one annealed point."""
+    return sorted((r for r in status.runs if r.role in ("ladder", "seed") and r.state == "Succeeded"
+                   and r.result is not None and _finite(r.result.final_val_loss)), key=lambda r: (r.params, r.run_id))
+
+
 def plot_loss_vs_compute(status: TrainingCampaignStatus, path: Path) -> Path | None:
-    runs = [(r, _curve(r)) for r in _succeeded(status, "ladder")]
-    runs = [(r, c) for r, c in runs if c]
+    """Each ladder run's annealed final loss (the fit's points), the fitted law along each size's token range,
+    the compute-optimal frontier and the target with its interval."""
+    runs = _endpoints(status)
     law = status_law(status)
     if not runs and law is None:
         return None
     fig = _figure(8.0, 5.2)
     ax = fig.add_subplot(1, 1, 1)
-    colours = _size_colours(r.params for r, _ in runs) if runs else {}
+    colours = _size_colours(r.params for r in runs) if runs else {}
     observed: list[float] = []
     xs_all: list[float] = []
-    for record, curve in runs:
-        colour = colours[record.params]
-        xs = [6.0 * record.params * t for t, _ in curve]
-        ys = [loss for _, loss in curve]
+    by_size: dict[int, list[RunRecord]] = {}
+    for record in runs:
+        by_size.setdefault(record.params, []).append(record)
+    for params, records in sorted(by_size.items()):
+        colour = colours[params]
+        xs = [6.0 * params * r.trajectory_tokens for r in records]
+        ys = [r.result.final_val_loss for r in records]  # type: ignore[union-attr]
         observed += ys
         xs_all += xs
-        ax.scatter(xs, ys, s=16, color=colour, edgecolors="none", alpha=0.85, zorder=3,
-                   label=f"N = {fmt.count(record.params)} params")
+        ax.scatter(xs, ys, s=22, color=colour, edgecolors="none", alpha=0.9, zorder=3,
+                   label=f"N = {fmt.count(params)} params")
         if law is not None:
-            t0, t1 = curve[0][0], curve[-1][0]
-            tokens = [t0 * (t1 / t0) ** (i / 63) for i in range(64)] if t1 > t0 else [t0]
-            fitted = [(6.0 * record.params * t, _safe(lambda t=t, n=record.params: law.loss(n, t)))
-                      for t in tokens]
+            t0, t1 = min(r.trajectory_tokens for r in records) / 1.5, max(r.trajectory_tokens for r in records) * 1.5
+            tokens = [t0 * (t1 / t0) ** (i / 63) for i in range(64)]
+            fitted = [(6.0 * params * t, _safe(lambda t=t, n=params: law.loss(n, t))) for t in tokens]
             fitted = [(x, y) for x, y in fitted if y is not None]
             if fitted:
-                ax.plot([x for x, _ in fitted], [y for _, y in fitted], color=colour, linewidth=1.3, alpha=0.9,
+                ax.plot([x for x, _ in fitted], [y for _, y in fitted], color=colour, linewidth=1.1, alpha=0.7,
                         zorder=2)
     target = _target(status)
     target_c = 6.0 * target[0] * target[1] if target else None
@@ -203,7 +213,8 @@ def plot_loss_vs_compute(status: TrainingCampaignStatus, path: Path) -> Path | N
         ax.set_ylim(lo - pad, hi + pad)
     ax.set_xlabel("compute C = 6·N·D (FLOPs)")
     ax.set_ylabel(LOSS_LABEL)
-    title = "Ladder runs, fitted law and compute-optimal frontier" if law else "Ladder runs (no law fitted yet)"
+    title = ("Annealed ladder endpoints, fitted law and compute-optimal frontier" if law
+             else "Annealed ladder endpoints (no law fitted yet)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.25)
     _legend(ax, fontsize=7.5, loc="upper right")
@@ -367,27 +378,28 @@ def plot_budget_burndown(status: TrainingCampaignStatus, path: Path) -> Path | N
 
 
 def plot_lr_transfer(status: TrainingCampaignStatus, path: Path) -> Path | None:
-    """Best LR vs parameters: each width's optimum with its 95% interval, the fitted power law extended to
-    the target, and the LR the target gets (extrapolated, or transferred from the largest proxy)."""
+    """Best LR vs width (dModel, depth held): each width's optimum with its 95% interval, the fitted power law
+    extended to the target's width, and the LR the target gets."""
     transfer = status.tuning.transfer
     if transfer is None or not transfer.widths:
         return None
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
     for w in transfer.widths:
-        ax.errorbar([w.params], [w.learning_rate], yerr=[[w.learning_rate - w.lr_low], [w.lr_high - w.learning_rate]],
-                    fmt="o", color="tab:blue", capsize=4, zorder=3,
+        ax.errorbar([w.d_model], [w.learning_rate],
+                    yerr=[[w.learning_rate - w.lr_low], [w.lr_high - w.learning_rate]], fmt="o", color="tab:blue",
+                    capsize=4, zorder=3,
                     label=None if w is not transfer.widths[0] else "best LR per proxy width (95% interval)")
-        ax.annotate(f"width {w.d_model}" + (f" ({w.on_edge} edge)" if w.on_edge else ""), (w.params, w.learning_rate),
-                    xytext=(6, 6), textcoords="offset points", fontsize=8)
-    xs = [w.params for w in transfer.widths]
-    target = transfer.target_params
+        ax.annotate(f"{fmt.count(w.params)} params" + (f" ({w.on_edge} edge)" if w.on_edge else ""),
+                    (w.d_model, w.learning_rate), xytext=(6, 6), textcoords="offset points", fontsize=8)
+    xs = [float(w.d_model) for w in transfer.widths]
+    target = transfer.target_d_model
     if transfer.exponent is not None and transfer.coefficient is not None:
-        high = max([*xs, target or 0]) * 1.3
+        high = max([*xs, float(target or 0)]) * 1.3
         low = min(xs) / 1.3
         grid = [low * (high / low) ** (i / 63) for i in range(64)]
         ax.plot(grid, [transfer.coefficient * n**transfer.exponent for n in grid], color="grey", linestyle="--",
-                label=f"fit η_opt ∝ N^{transfer.exponent:.3f} [{fmt.sig(transfer.exponent_low, 3)}, "
+                label=f"fit η_opt ∝ dModel^{transfer.exponent:.3f} [{fmt.sig(transfer.exponent_low, 3)}, "
                       f"{fmt.sig(transfer.exponent_high, 3)}]")
     if target and _finite(transfer.learning_rate):
         lr = transfer.learning_rate
@@ -395,14 +407,78 @@ def plot_lr_transfer(status: TrainingCampaignStatus, path: Path) -> Path | None:
         if _finite(transfer.lr_low) and _finite(transfer.lr_high):
             yerr = [[max(lr - transfer.lr_low, 0.0)], [max(transfer.lr_high - lr, 0.0)]]
         ax.errorbar([target], [lr], yerr=yerr, fmt="*", color="crimson", markersize=13, capsize=5, zorder=4,
-                    label=f"target {fmt.count(target)} params: lr {lr:.3g} ({transfer.verdict})")
-    _log_x(ax, fmt.count)
+                    label=f"target width {target}: lr {lr:.3g} ({transfer.verdict})")
+    _log_x(ax, lambda v: f"{v:.0f}")
     ax.set_yscale("log")
-    ax.set_xlabel("parameters N")
+    ax.set_xlabel("width dModel (depth held)")
     ax.set_ylabel("best peak learning rate")
     ax.set_title(f"LR transfer across widths ({transfer.parameterization or 'mup'}): {transfer.verdict}")
     ax.grid(True, which="both", alpha=0.25)
     _legend(ax, fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def plot_isoflop(status: TrainingCampaignStatus, path: Path) -> Path | None:
+    """Chinchilla's Figure 3 for this campaign: loss against size at each compute level with its parabola's
+    minimum (left), and N_opt against compute — the levels' minima, their power law and the parametric law's —
+    with the target's allocation (right)."""
+    levelled = [r for r in _endpoints(status) if r.level is not None]
+    allocation = status.allocation
+    if not levelled:
+        return None
+    from flopwise.fitting.isoflop import profile
+
+    fig = _figure(11.0, 4.6)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    levels = sorted({r.level for r in levelled})  # type: ignore[type-var]
+    cmap = _colormap("plasma")
+    minima = []
+    for i, level in enumerate(levels):
+        runs = sorted((r for r in levelled if r.level == level), key=lambda r: r.params)
+        flops = sum(r.shape.flops_per_token() * r.trajectory_tokens for r in runs) / len(runs)
+        colour = cmap(0.85 * i / max(1, len(levels) - 1))
+        xs = [r.params for r in runs]
+        ys = [r.result.final_val_loss for r in runs]  # type: ignore[union-attr]
+        left.plot(xs, ys, "o-", color=colour, label=f"{flops:.2g} FLOPs", linewidth=1.0)
+        found = profile(flops, xs, ys)
+        if found.bracketed:
+            left.plot([found.params_opt], [found.loss_min], marker="v", color=colour, markersize=9)
+            minima.append((flops, found.params_opt))
+    _log_x(left, fmt.count)
+    left.set_xlabel("parameters N")
+    left.set_ylabel(LOSS_LABEL)
+    left.set_title("IsoFLOP profiles (▼ parabola minimum)")
+    left.grid(True, which="both", alpha=0.25)
+    _legend(left, fontsize=7.5)
+    if minima:
+        right.scatter([c for c, _ in minima], [n for _, n in minima], color="tab:orange", zorder=3,
+                      label="levels' minima")
+    law = status_law(status)
+    if allocation is not None:
+        high_c = allocation.flops * 1.5
+        low_c = min([c for c, _ in minima] or [allocation.flops / 100]) / 1.5
+        grid = [low_c * (high_c / low_c) ** (i / 63) for i in range(64)]
+        a2 = allocation.approach2
+        if a2 is not None and a2.params is not None and a2.exponent is not None:
+            right.plot(grid, [a2.params * (c / allocation.flops) ** a2.exponent for c in grid], color="tab:orange",
+                       linestyle="--", label=f"Approach 2: N_opt ∝ C^{a2.exponent:.2f}")
+        if law is not None:
+            values = [(c, _safe(lambda c=c: law.compute_optimal(c).params)) for c in grid]
+            values = [(c, v) for c, v in values if v is not None]
+            right.plot([c for c, _ in values], [v for _, v in values], color="black", linewidth=1.2,
+                       label="parametric law")
+        yerr = None
+        if allocation.params_low is not None and allocation.params_high is not None:
+            yerr = [[allocation.params - allocation.params_low], [allocation.params_high - allocation.params]]
+        right.errorbar([allocation.flops], [allocation.params], yerr=yerr, fmt="*", color="crimson", markersize=13,
+                       capsize=5, label=f"allocation ({allocation.basis}): {fmt.count(allocation.params)}")
+    _log_x(right)
+    right.set_yscale("log")
+    right.set_xlabel("compute (FLOPs)")
+    right.set_ylabel("compute-optimal parameters N_opt")
+    right.set_title("N_opt(C): Approach 2 beside the parametric fit")
+    right.grid(True, which="both", alpha=0.25)
+    _legend(right, fontsize=7.5, loc="upper left")
     return _save(fig, path)
 
 
@@ -413,6 +489,7 @@ PLOTS: dict[str, Callable[[TrainingCampaignStatus, Path], Path | None]] = {
     BUDGET_BURNDOWN: plot_budget_burndown,
     ROUND2_CURVES: plot_round2_curves,
     LR_TRANSFER: plot_lr_transfer,
+    ISOFLOP: plot_isoflop,
 }
 
 

@@ -1,0 +1,124 @@
+"""Ground truth for a local campaign's recommendation: train the recommended model, and two alternatives of the
+same FLOPs, for real, and compare with what the campaign predicted.
+
+After `flopwise run` (the quickstart by default; it is run, or resumed, first), three models are trained with
+the trainer itself on the campaign's data, each for the recommendation's FLOPs, at the recommended learning rate,
+warmup and schedule: the recommended size, half of it and twice it (the nearest shapes, tokens adjusted so that
+FLOPs match). The recommendation is good when the recommended size measures within 1% of the best of the three,
+its measured loss lies inside the predicted 95% interval, and |predicted − measured| / measured ≤ 3%.
+
+    python benchmarks/ground_truth.py [--campaign examples/quickstart.yaml] [--state-dir DIR] [--json]
+
+Prints one JSON object: ``predicted``, ``interval``, ``measured`` {recommended, half, double}, the shapes and
+FLOPs of the three, and each goal with its verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from flopwise.api.load import load_campaign
+from flopwise.api.status import TrainingCampaignStatus
+from flopwise.contract import EvalSpec, MupSpec, OptimizerSpec, RunSpec
+from flopwise.engine import records
+from flopwise.engine.runspec import val_batches
+from flopwise.planning.shapes import ShapeRules, shape_for_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--campaign", type=Path, default=ROOT / "examples" / "quickstart.yaml")
+    ap.add_argument("--state-dir", type=Path, default=None, help="default: flopwise-state/<campaign name>")
+    ap.add_argument("--out", type=Path, default=None, help="where the three runs write (default: STATE/ground-truth)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads per run (runs go one after another)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    campaign = load_campaign(args.campaign)
+    state = args.state_dir or ROOT / "flopwise-state" / campaign.metadata.name
+    if not (state / "status.json").is_file() or TrainingCampaignStatus.model_validate_json(
+            (state / "status.json").read_text()).phase != "Succeeded":
+        resume = ["--resume"] if (state / "status.json").is_file() else []
+        subprocess.run([sys.executable, "-m", "flopwise", "run", str(args.campaign), "--state-dir", str(state),
+                        *resume], check=True)
+    status = TrainingCampaignStatus.model_validate_json((state / "status.json").read_text())
+    rec = status.recommendation
+    if rec is None:
+        sys.exit(f"{state}: the campaign has no recommendation ({status.phase}: {status.message})")
+    spec = campaign.spec
+    rules = ShapeRules.from_family(spec.model)
+    flops = rec.flops
+    out = args.out or state / "ground-truth"
+    data = spec.dataset.path if Path(spec.dataset.path).is_absolute() else str(ROOT / spec.dataset.path)
+    measured, shapes = {}, {}
+    for name, factor in (("recommended", 1.0), ("half", 0.5), ("double", 2.0)):
+        shape = rec.shape if factor == 1.0 else shape_for_params(rules, rec.params * factor)
+        batch = rec.batch_size
+        steps = max(2, round(flops / shape.flops_per_token() / (batch * shape.seq_len)))
+        schedule = records.schedule(rec.schedule, steps, round(rec.warmup_fraction * steps), rec.decay_fraction or 0.2)
+        run = RunSpec(run_id=f"truth-{name}", campaign=campaign.metadata.name, role="final", shape=shape,
+                      tokens=steps * batch * shape.seq_len, batch_size=batch,
+                      optimizer=OptimizerSpec(lr=rec.learning_rate),
+                      schedule=schedule, mup=MupSpec(parameterization=spec.model.parameterization,
+                                                     base_width=_base_width(status)),
+                      eval=EvalSpec(log_points=4, every_steps=max(1, steps // 8), batches=val_batches(steps)),
+                      data_path=data, output_dir=str(out / name), seed=status.runs[0].seed if status.runs else 0,
+                      device="cpu")
+        measured[name] = _train(run, out / name, args.threads)
+        shapes[name] = {"params": shape.param_count(), "nLayer": shape.n_layer, "dModel": shape.d_model,
+                        "tokens": run.tokens, "flops": shape.flops_per_token() * run.tokens}
+    best = min(v for v in measured.values() if v is not None)
+    predicted, low, high = rec.predicted_loss, rec.loss_low, rec.loss_high
+    mine = measured["recommended"]
+    goals = {
+        "recommended_within_1pct_of_best": mine is not None and mine <= best * 1.01,
+        "measured_inside_interval": None if low is None or mine is None else low <= mine <= high,
+        "relative_error_at_most_3pct": None if predicted is None or mine is None
+        else abs(predicted - mine) / mine <= 0.03,
+    }
+    result = {"campaign": campaign.metadata.name, "predicted": predicted, "interval": [low, high],
+              "measured": measured, "shapes": shapes, "learning_rate": rec.learning_rate, "basis": rec.basis,
+              "relative_error": None if predicted is None or mine is None else (predicted - mine) / mine,
+              "goals": goals}
+    print(json.dumps(result, indent=1) if args.json else _text(result))
+
+
+def _base_width(status: TrainingCampaignStatus) -> int:
+    plan = status.plan
+    assert plan is not None
+    runs = plan.round1.runs or plan.ladder.runs
+    return runs[0].shape.d_model
+
+
+def _train(run: RunSpec, folder: Path, threads: int) -> float | None:
+    """Train one run with the trainer (resumes if it was interrupted); its final validation loss."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spec_path = folder / "spec.json"
+    spec_path.write_text(run.model_dump_json(by_alias=True, indent=1))
+    term = folder / "termination-log"
+    if not term.is_file():
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "flopwise_trainer.cli", str(spec_path), "--termination-log",
+                        str(term), "--threads", str(threads)], check=False, stdout=subprocess.DEVNULL)
+        print(f"{run.run_id}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    summary = json.loads(term.read_text())
+    return summary.get("finalValLoss")
+
+
+def _text(result: dict) -> str:
+    lines = [f"predicted {result['predicted']:.4f} [{result['interval'][0]}, {result['interval'][1]}]"]
+    for name, loss in result["measured"].items():
+        shape = result["shapes"][name]
+        lines.append(f"  {name:<12} {shape['params']:>9,} params on {shape['tokens']:>11,} tokens: measured {loss}")
+    lines += [f"  {goal}: {ok}" for goal, ok in result["goals"].items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

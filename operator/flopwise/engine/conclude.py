@@ -1,0 +1,306 @@
+"""What the ladder says: the fitted law, whether the data identify it, the compute-optimal allocation it supports
+(with its interval and basis), Chinchilla's Approach 2 beside it, and the predicted loss of a model.
+
+One pure function, :func:`conclude_ladder`, called by the engine when the ladder (or the partial target check)
+ends and by `benchmarks/calibration.py` on simulated campaigns, so the calibration measures exactly what the
+engine recommends.
+
+Choices, each a departure from or a reading of the papers:
+* **Points are annealed endpoints only** — one per finished ladder run (a WSD branch ends at its own token
+  count), the seed replicas, and the partial target leg. A mid-run checkpoint of a decaying schedule is not a
+  shorter run (Hoffmann et al. 2022, §3.1 and Figure A1), so the Hitchhiker's guide's use of intermediate
+  checkpoints (Choshen et al. 2024) is not followed here: the designs give real endpoints instead.
+* **Objective**: Hoffmann's Huber-in-log-space, summed, from the 4500-start grid (Epoch's correction),
+  :mod:`flopwise.fitting.fit`. Every point weighs the same.
+* **Intervals**: a parametric bootstrap (:func:`flopwise.fitting.bootstrap.bootstrap_parametric`) that redraws
+  every endpoint from the fitted law with the noise the residuals (or the seed replicas, when larger) show,
+  shared within a WSD trunk; resampling runs fails on 5 trunks. 95% percentile intervals.
+* **Basis of the recommendation**, in order: the five-parameter fit when identified
+  (:mod:`flopwise.fitting.identify`); else the exponents held at Epoch's refit (three free parameters; the
+  Hitchhiker's guide: exponents transfer within an architecture family); else Approach 2's N_opt(C); else the
+  prior law the campaign was planned with. Which one, and why the others were not used, is in the status.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flopwise.api.status import Allocation, Approach2Status, FittedLaw, Prediction, RunRecord
+from flopwise.fitting import identify
+from flopwise.fitting.backtest import backtest
+from flopwise.fitting.bootstrap import BootstrapResult, NoiseModel, bootstrap_parametric, noise_model
+from flopwise.fitting.fit import HOFFMANN_GRID, FitResult, StartGrid, fit_points
+from flopwise.fitting.isoflop import Approach2, approach2, profiles_by_interpolation, profiles_by_level
+from flopwise.fitting.points import FitInputError, FitPoints
+from flopwise.planning.laws import EPOCH, ScalingLaw
+
+LEVEL = 0.95
+PRIOR_EXPONENT_SD = 0.05
+"""How far a borrowed exponent may be off, as a standard deviation: Chinchilla's Approach 3 and Epoch's refit of
+the same points differ by 0.08 in β (Besiroglu et al. 2024, Table 1), and other data and architectures differ
+more (Choshen et al. 2024). Drawn in the borrowed fit's bootstrap, so its intervals carry the borrowing."""
+AGREEMENT = 1.5  # Approach 2 and the parametric allocation "agree" when within this factor (or intervals overlap)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """The annealed points of a campaign: one per finished run, with what Approach 2 and the bootstrap need."""
+
+    points: FitPoints
+    groups: np.ndarray  # runs sharing a trajectory share a label
+    flops_per_token: np.ndarray
+    levels: list[int | None]
+
+
+def is_point(record: RunRecord) -> bool:
+    return record.state == "Succeeded" and record.result is not None and record.result.final_val_loss is not None \
+        and math.isfinite(record.result.final_val_loss)
+
+
+def endpoints(records: list[RunRecord], extra: list[RunRecord] | None = None) -> Endpoints:
+    """Every finished ladder run and seed replica (and ``extra`` runs: the partial target leg) as one point at
+    the tokens its schedule ends at. Raises FitInputError when there are none."""
+    chosen = [r for r in records if r.role in ("ladder", "seed") and is_point(r)] + [r for r in extra or []
+                                                                                      if is_point(r)]
+    if not chosen:
+        raise FitInputError("no finished ladder run yet")
+    points = FitPoints.from_arrays([r.params for r in chosen], [r.trajectory_tokens for r in chosen],
+                                   [r.result.final_val_loss for r in chosen],  # type: ignore[union-attr]
+                                   [r.run_id for r in chosen], validate=False)
+    groups = np.array([r.group or r.planned_id for r in chosen])
+    return Endpoints(points=points, groups=groups, flops_per_token=np.array([r.shape.flops_per_token()
+                                                                            for r in chosen]),
+                     levels=[r.level for r in chosen])
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way of fitting the law, with what its bootstrap says."""
+
+    fit: FitResult
+    boot: BootstrapResult | None
+    noise: NoiseModel
+    params: float  # N_opt at the target budget
+    params_low: float | None
+    params_high: float | None
+    problems: list[str]
+
+    @property
+    def law(self) -> ScalingLaw:
+        return self.fit.law
+
+    def intervals(self) -> tuple[dict[str, float], dict[str, float]]:
+        if self.boot is None:
+            return {}, {}
+        found = self.boot.parameter_intervals()
+        return {k: v.low for k, v in found.items()}, {k: v.high for k, v in found.items()}
+
+
+@dataclass(frozen=True)
+class Conclusion:
+    law: ScalingLaw  # the law the loss prediction comes from
+    status: FittedLaw
+    allocation: Allocation
+    bootstrap_laws: list[ScalingLaw] = field(default_factory=list)
+
+    def predict_from(self, params: float, tokens: float, anchor_tokens: float, anchor_loss: float,
+                     noise_sd: float, level: float = LEVEL) -> Prediction:
+        """The final loss of a run of ``params`` whose own annealed loss at ``anchor_tokens`` was ``anchor_loss``:
+        the anchor times the law's ratio L(N, D) / L(N, D_anchor). The run's own evidence sets its level (a
+        regime change at its size shows in it), the law only carries it from the anchor to the end — the D term,
+        which the ladder's several token counts per size identify. Intervals: every bootstrap law's ratio, times
+        the seed noise the anchor and the end do not share (``noise_sd``)."""
+        ratio = self.law.loss(params, tokens) / self.law.loss(params, anchor_tokens)
+        low = high = None
+        if self.bootstrap_laws:
+            rng = np.random.default_rng(0)
+            ratios = np.array([b.loss(params, tokens) / b.loss(params, anchor_tokens) for b in self.bootstrap_laws])
+            draws = anchor_loss * ratios * np.exp(rng.normal(0.0, noise_sd, ratios.size))
+            draws = draws[np.isfinite(draws)]
+            if draws.size:
+                tail = (1 - level) / 2 * 100
+                low, high = (float(v) for v in np.percentile(draws, [tail, 100 - tail]))
+        return Prediction(params=params, tokens=tokens, loss=anchor_loss * ratio, loss_low=low, loss_high=high)
+
+    def predict(self, params: float, tokens: float, level: float = LEVEL) -> Prediction:
+        loss = self.law.loss(params, tokens)
+        low = high = None
+        if self.bootstrap_laws:
+            draws = np.array([law.loss(params, tokens) for law in self.bootstrap_laws])
+            draws = draws[np.isfinite(draws)]
+            if draws.size:
+                tail = (1 - level) / 2 * 100
+                low, high = (float(v) for v in np.percentile(draws, [tail, 100 - tail]))
+        return Prediction(params=params, tokens=tokens, loss=loss, loss_low=low, loss_high=high)
+
+
+def _optimum(law: ScalingLaw, flops: float) -> float | None:
+    try:
+        return law.compute_optimal(flops).params
+    except ValueError:
+        return None
+
+
+def _candidate(ends: Endpoints, mode: str, *, flops: float, resamples: int, seed: int, grid: StartGrid,
+               floor_sd: float | None, fit: FitResult | None = None) -> Candidate:
+    with np.errstate(all="ignore"):
+        if fit is None:
+            fit = fit_points(ends.points, mode=mode, prior=EPOCH, grid=grid)  # type: ignore[arg-type]
+        noise = noise_model(ends.points, fit, ends.groups, floor_sd)
+        boot = bootstrap_parametric(ends.points, fit, n_resamples=resamples, groups=ends.groups, noise=noise,
+                                    seed=seed, exponent_sd=PRIOR_EXPONENT_SD) if resamples > 0 else None
+    params = _optimum(fit.law, flops)
+    low = high = None
+    if boot is not None:
+        draws = np.array([v for v in (_optimum(law, flops) for law in boot.laws()) if v is not None], float)
+        draws = draws[np.isfinite(draws) & (draws > 0)]
+        if draws.size >= max(10, resamples // 2):
+            tail = (1 - LEVEL) / 2 * 100
+            low, high = (float(v) for v in np.percentile(draws, [tail, 100 - tail]))
+    cand_low, cand_high = ({}, {}) if boot is None else (
+        {k: v.low for k, v in boot.parameter_intervals().items()},
+        {k: v.high for k, v in boot.parameter_intervals().items()})
+    found = identify.problems(fit.law, cand_low, cand_high, free_exponents=fit.mode == "full",
+                              params_low=low, params_high=high)
+    if boot is not None and low is None:
+        found.append("most bootstrap resamples have no compute-optimal allocation: nothing pins it down")
+    if params is None:
+        found.insert(0, "the law has no compute-optimal allocation (a power term vanished)")
+    return Candidate(fit=fit, boot=boot, noise=noise, params=params or math.nan, params_low=low, params_high=high,
+                     problems=found)
+
+
+def approach2_of(ends: Endpoints, flops: float, noise: float) -> Approach2 | None:
+    """Approach 2 from IsoFLOP levels when the runs have them, else from interpolated endpoints; None when the
+    design has neither (fewer than three sizes with two or more token counts)."""
+    pts = ends.points
+    if all(level is not None for level in ends.levels[: len(pts)]) and any(v is not None for v in ends.levels):
+        runs = [i for i, level in enumerate(ends.levels) if level is not None]
+        flops_run = [float(ends.flops_per_token[i] * pts.tokens[i]) for i in runs]
+        profiles = profiles_by_level([ends.levels[i] for i in runs], flops_run,  # type: ignore[misc]
+                                     [float(pts.params[i]) for i in runs], [float(pts.loss[i]) for i in runs],
+                                     noise)
+        return approach2(profiles, flops)
+    levelled = [i for i, level in enumerate(ends.levels) if level is not None]
+    if levelled:  # an isoflop ladder plus extra points (seeds, the partial leg): the levels alone
+        flops_run = [float(ends.flops_per_token[i] * pts.tokens[i]) for i in levelled]
+        profiles = profiles_by_level([ends.levels[i] for i in levelled], flops_run,  # type: ignore[misc]
+                                     [float(pts.params[i]) for i in levelled],
+                                     [float(pts.loss[i]) for i in levelled], noise)
+        return approach2(profiles, flops)
+    profiles = profiles_by_interpolation(list(pts.params), list(pts.tokens), list(ends.flops_per_token),
+                                         list(pts.loss), noise=noise)
+    return approach2(profiles, flops, interpolated=True) if profiles else None
+
+
+def _approach2_status(result: Approach2 | None) -> Approach2Status | None:
+    if result is None:
+        return None
+    law = result.law
+    return Approach2Status(
+        params=result.params, params_low=result.params_low, params_high=result.params_high,
+        exponent=law.exponent if law else None, exponent_low=law.exponent_low if law else None,
+        exponent_high=law.exponent_high if law else None, interpolated=result.interpolated,
+        levels=len(result.profiles), bracketed=sum(1 for p in result.profiles if p.bracketed), note=result.note[:2048])
+
+
+def conclude_ladder(records: list[RunRecord], *, flops: float, prior: ScalingLaw, resamples: int = 200,
+                    seed: int = 0, grid: StartGrid = HOFFMANN_GRID, floor_sd: float | None = None,
+                    extra: list[RunRecord] | None = None, backtest_holdout: bool = True,
+                    fits: dict[str, FitResult] | None = None) -> Conclusion:
+    """The campaign's law and allocation at ``flops`` (the final budget) from its annealed endpoints.
+
+    ``prior`` is the planning law, the last resort when nothing the campaign measured identifies an allocation.
+    ``floor_sd`` is the seed-noise floor (relative sd of the seed replicas' losses), a lower bound for the noise
+    the bootstrap draws. ``fits`` may carry the full and borrowed fits of these very points, already made (the
+    calibration benchmark fits hundreds of simulated campaigns in one batch). Raises FitInputError when there are
+    fewer than three sizes."""
+    ends = endpoints(records, extra)
+    pts = ends.points
+    if pts.n_distinct_sizes() < 3:
+        raise FitInputError(f"{pts.n_distinct_sizes()} distinct model size(s) finished; a law needs at least 3")
+    common = dict(flops=flops, resamples=resamples, seed=seed, grid=grid, floor_sd=floor_sd)
+    candidates: dict[str, Candidate] = {}
+    notes: list[str] = []
+    full_possible = pts.n_distinct_sizes() >= 5 and len(pts) >= 8
+    if full_possible:
+        candidates["full"] = _candidate(ends, "full", **common, fit=(fits or {}).get("full"))  # type: ignore[arg-type]
+    else:
+        notes.append(f"{pts.n_distinct_sizes()} sizes and {len(pts)} points: too few for five free parameters")
+    if not full_possible or candidates["full"].problems:
+        candidates["borrowed"] = _candidate(ends, "borrowed", **common,  # type: ignore[arg-type]
+                                            fit=(fits or {}).get("borrowed"))
+    noise = next(iter(candidates.values())).noise
+    a2 = approach2_of(ends, flops, noise.sigma)
+
+    basis, chosen = "prior", None
+    for mode in ("full", "borrowed"):
+        cand = candidates.get(mode)
+        if cand is not None and not cand.problems:
+            basis, chosen = mode, cand
+            break
+    if chosen is None and a2 is not None and a2.params is not None \
+            and (a2.params_high or math.inf) / (a2.params_low or 1e-300) <= identify.MAX_ALLOCATION_SPAN:
+        basis = "approach-2"
+    for mode, cand in candidates.items():
+        if cand is not chosen and cand.problems:
+            notes.append(f"{'five-parameter fit' if mode == 'full' else 'borrowed exponents'} not identified: "
+                         + "; ".join(cand.problems))
+    # The loss law: the chosen fit, else the best-supported one (reported as unidentified).
+    law_source = chosen or candidates.get("borrowed") or candidates["full"]
+    lows, highs = law_source.intervals()
+
+    if basis in ("full", "borrowed"):
+        params, low, high = law_source.params, law_source.params_low, law_source.params_high
+    elif basis == "approach-2":
+        assert a2 is not None
+        params, low, high = a2.params, a2.params_low, a2.params_high
+    else:
+        params, low, high = prior.allocate(flops).params, None, None
+    agree = None
+    if a2 is not None and a2.params is not None and basis in ("full", "borrowed") and math.isfinite(params):
+        overlap = low is not None and high is not None and a2.params_low is not None and a2.params_high is not None \
+            and low <= a2.params_high and a2.params_low <= high
+        agree = bool(overlap or max(params / a2.params, a2.params / params) <= AGREEMENT)
+    are = None
+    if backtest_holdout and law_source.fit.mode in ("full", "borrowed") and pts.n_distinct_sizes() >= 4:
+        try:
+            with np.errstate(all="ignore"):
+                are = backtest(pts, holdout=1, target_fraction=None, mode=law_source.fit.mode, grid=grid).are
+        except FitInputError:
+            are = None
+    identified = basis != "prior"
+    message = _message(basis, params, low, high, a2, agree, law_source)
+    law = law_source.law
+    status = FittedLaw(E=law.E, A=law.A, B=law.B, alpha=law.alpha, beta=law.beta, mode=law_source.fit.mode,
+                       n_points=len(pts), n_runs=len(set(ends.groups)), ci_low=lows, ci_high=highs,
+                       backtest_are=are if are is not None and math.isfinite(are) else None,
+                       identified=identified and basis in ("full", "borrowed"),
+                       problems=[p[:512] for p in law_source.problems][:8], noise=law_source.noise.describe(),
+                       notes=[n[:1024] for n in notes][:8])
+    allocation = Allocation(basis=basis, flops=flops, params=params, params_low=low, params_high=high,
+                            identified=identified, approach2=_approach2_status(a2), agree=agree, message=message)
+    return Conclusion(law=law, status=status, allocation=allocation,
+                      bootstrap_laws=law_source.boot.laws() if law_source.boot is not None else [])
+
+
+BASIS_NAMES = {"full": "the five-parameter fit", "borrowed": "the fit with exponents held at Epoch's refit",
+               "approach-2": "Approach 2 (IsoFLOP minima)", "prior": "the prior law (nothing measured identifies it)"}
+
+
+def _message(basis: str, params: float, low: float | None, high: float | None, a2: Approach2 | None,
+             agree: bool | None, law_source: Candidate) -> str:
+    interval = f" [{low:.3g}, {high:.3g}]" if low is not None and high is not None else ""
+    text = f"N_opt {params:.3g}{interval} params from {BASIS_NAMES[basis]}"
+    if basis == "prior":
+        text += "; NOT IDENTIFIED: " + "; ".join(law_source.problems[:3])
+    if a2 is not None:
+        if a2.params is not None:
+            text += (f"; Approach 2: {a2.params:.3g} [{a2.params_low:.3g}, {a2.params_high:.3g}]"
+                     + ("" if agree is None else " (agrees)" if agree else " (DISAGREES: check the ladder)"))
+        else:
+            text += f"; Approach 2: {a2.note}"
+    return text[:2048]

@@ -1,0 +1,179 @@
+"""What the ladder concludes, on schedule-shaped simulated curves with a known truth (`flopwise.simulate`):
+the fit, its identifiability, the allocation with its interval and basis, and Chinchilla's Approach 2."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from flopwise.api.load import parse_campaign
+from flopwise.engine import records as build
+from flopwise.engine.conclude import conclude_ladder, endpoints
+from flopwise.fitting import identify
+from flopwise.fitting.curves import fit_power_law, parabola_vertex
+from flopwise.fitting.fit import COARSE_GRID
+from flopwise.fitting.isoflop import approach2, profile, profiles_by_interpolation, profiles_by_level
+from flopwise.planning.laws import CHINCHILLA_3, EPOCH, ScalingLaw, allocation_rule
+from flopwise.planning.plan import final_budget, plan_campaign
+from flopwise.simulate import CurveModel, curve, finish
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cluster_spec(**ladder):
+    doc = yaml.safe_load((REPO / "examples" / "cluster-h100-50k.yaml").read_text())
+    doc["spec"]["budget"] = {"flops": 1e20, "split": doc["spec"]["budget"]["split"], "margin": 0.02}
+    doc["spec"]["ladder"].update(ladder)
+    return parse_campaign(doc).spec
+
+
+def ladder_records(spec):
+    plan = plan_campaign(spec)
+    return build.ladder_records(plan.ladder.runs, kind=spec.tuning.schedule, lr_for=lambda _: 0.003,
+                                warmup_fraction=0.01, decay_fraction=spec.tuning.decay_fraction, seed=0)
+
+
+# -- the pieces ---------------------------------------------------------------------------------------------
+def test_parabola_vertex_and_its_error() -> None:
+    x = np.linspace(-2, 2, 7)
+    vertex = parabola_vertex(x, 0.5 * (x - 0.3) ** 2 + 1.0)
+    assert vertex.convex and not vertex.clamped and vertex.x == pytest.approx(0.3, abs=1e-9)
+    assert vertex.se < 1e-6  # no residual, no noise given
+    noisy = parabola_vertex(x, 0.5 * (x - 0.3) ** 2 + 1.0, noise_sd=0.05)
+    assert 0.01 < noisy.se < 0.5
+    beyond = parabola_vertex(x, (x - 5.0) ** 2)  # the minimum lies past the points: clamped, said so
+    assert beyond.clamped and beyond.x == pytest.approx(2.0) and beyond.se == pytest.approx(4.0)
+    assert not parabola_vertex(x, -(x**2)).convex
+
+
+def test_power_law_recovers_its_exponent_and_interval_covers() -> None:
+    rng = np.random.default_rng(1)
+    xs = np.geomspace(1e18, 1e20, 4)
+    covered = 0
+    for _ in range(200):
+        ys = 3e-2 * xs**0.5 * np.exp(rng.normal(0, 0.05, xs.size))
+        law = fit_power_law(list(xs), list(ys), [0.05] * xs.size)
+        covered += law.exponent_low <= 0.5 <= law.exponent_high
+    assert covered / 200 >= 0.9
+
+
+def test_approach2_recovers_the_optimum_from_isoflop_profiles() -> None:
+    """Exact profiles of a known law at four budgets: each parabola's minimum is N_opt(C), and their power law
+    extrapolates to the truth at a budget 40× above the top level."""
+    truth = EPOCH
+    levels, flops, params, losses = [], [], [], []
+    for j, c in enumerate(np.geomspace(1e18, 1e19, 4)):
+        centre = truth.compute_optimal(c).params
+        for n in centre * np.geomspace(0.25, 4.0, 7):
+            levels.append(j)
+            flops.append(c)
+            params.append(n)
+            losses.append(truth.loss(n, c / (6 * n)))
+    result = approach2(profiles_by_level(levels, flops, params, losses, noise=1e-4), 4e20)
+    assert result.params == pytest.approx(truth.compute_optimal(4e20).params, rel=0.05)
+    assert result.params_low < truth.compute_optimal(4e20).params < result.params_high
+    assert result.law.exponent == pytest.approx(truth.params_exponent, abs=0.02)
+    # a level whose sizes all lie on one side of its optimum brackets nothing, and says so
+    one_sided = profile(1e19, list(np.geomspace(1e9, 4e9, 4)), [truth.loss(n, 1e19 / (6 * n))
+                                                                  for n in np.geomspace(1e9, 4e9, 4)])
+    assert not one_sided.bracketed and "beyond the smallest" in one_sided.note
+
+
+def test_approach2_from_interpolated_wsd_endpoints() -> None:
+    truth = EPOCH
+    params, tokens, fpt, losses = [], [], [], []
+    for n in np.geomspace(2e7, 6e8, 6):
+        for m in (0.25, 0.5, 1, 2, 4):
+            d = m * 20 * n
+            params.append(n)
+            tokens.append(d)
+            fpt.append(6 * n)
+            losses.append(truth.loss(n, d))
+    profiles = profiles_by_interpolation(params, tokens, fpt, losses, noise=1e-4)
+    assert len(profiles) >= 3
+    result = approach2(profiles, 1e21, interpolated=True)
+    assert result.params == pytest.approx(truth.compute_optimal(1e21).params, rel=0.25)
+    assert result.interpolated
+
+
+def test_identifiability_names_what_is_not_pinned_down() -> None:
+    good = identify.problems(EPOCH, {"E": 1.7, "A": 300, "B": 1200, "alpha": 0.31, "beta": 0.33},
+                             {"E": 1.9, "A": 700, "B": 3000, "alpha": 0.38, "beta": 0.41},
+                             params_low=6e8, params_high=1.1e9)
+    assert good == []
+    collapsed = ScalingLaw(E=2.7e-132, A=30.0, B=400.0, alpha=0.29, beta=0.4)
+    found = identify.problems(collapsed, {"E": 0.0, "A": 30, "alpha": 0.29}, {"E": 0.0, "A": 1.1e42, "alpha": 7.8},
+                              params_low=1e5, params_high=9e6)
+    text = " | ".join(found)
+    assert "E = 2.7e-132 is at its bound 0" in text and "A's 95% interval" in text and "α's 95% interval" in text
+    assert "compute-optimal size's 95% interval" in text
+
+
+# -- the curves ---------------------------------------------------------------------------------------------
+def test_simulated_curves_are_on_the_law_only_when_annealed() -> None:
+    spec = cluster_spec(design="isoflop")
+    record = ladder_records(spec)[0]
+    model = CurveModel(truth=EPOCH, noise=0.0)
+    points = curve(model, record, points=8)
+    tokens, final = points[-1]
+    assert final == pytest.approx(EPOCH.loss(record.params, tokens), rel=1e-9)  # annealed end: on the law
+    mid_tokens, mid = points[3]  # the stable phase: above the law by a share of the reducible loss
+    assert mid > EPOCH.loss(record.params, mid_tokens) * 1.02
+
+
+# -- the conclusion ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("truth", [EPOCH, CHINCHILLA_3], ids=["epoch", "chinchilla-3"])
+def test_isoflop_ladder_identifies_the_law_and_its_interval_holds_the_truth(truth) -> None:
+    spec = cluster_spec(design="isoflop")
+    done = finish(CurveModel(truth=truth, noise=0.005), ladder_records(spec), np.random.default_rng(3))
+    flops = final_budget(spec)
+    found = conclude_ladder(done, flops=flops, prior=allocation_rule(spec.law), resamples=60, grid=COARSE_GRID,
+                            backtest_holdout=False)
+    alloc = found.allocation
+    true_n = truth.compute_optimal(flops).params
+    assert alloc.basis == "full" and alloc.identified and found.status.identified
+    assert alloc.params_low < true_n < alloc.params_high
+    assert abs(alloc.params / true_n - 1) < 0.3
+    assert alloc.approach2 is not None and alloc.approach2.bracketed >= 2 and alloc.agree
+    prediction = found.predict(alloc.params, flops / (6 * alloc.params))
+    assert prediction.loss_low < truth.loss(alloc.params, flops / (6 * alloc.params)) < prediction.loss_high
+
+
+def test_a_ladder_on_one_line_is_not_identified_and_says_so() -> None:
+    """Every run at its compute-optimal tokens (the design before issue 13): D/N is nearly constant, so the
+    five-parameter fit cannot pin β; the conclusion falls back to borrowed exponents and says why."""
+    spec = cluster_spec(design="isoflop")
+    plan = plan_campaign(spec)
+    rule = allocation_rule(spec.law)
+    one_line = []
+    for run in plan.ladder.runs:
+        if run.role == "ladder" and run.level == 0:
+            tokens = rule.allocate(rule.flops_for_params(run.params)).tokens
+            one_line.append(run.model_copy(update={"tokens": int(tokens), "steps": max(1, int(tokens) // (
+                run.batch_size * run.shape.seq_len)), "level": None}))
+    recs = build.ladder_records(one_line, kind="wsd", lr_for=lambda _: 0.003, warmup_fraction=0.01,
+                                decay_fraction=0.2, seed=0)
+    done = finish(CurveModel(truth=CHINCHILLA_3, noise=0.01), recs, np.random.default_rng(0))
+    found = conclude_ladder(done, flops=final_budget(spec), prior=rule, resamples=60, grid=COARSE_GRID,
+                            backtest_holdout=False)
+    assert found.allocation.basis != "full"
+    assert any("not identified" in note or "too few" in note for note in found.status.notes)
+    if found.allocation.basis == "borrowed":
+        assert found.law.alpha == pytest.approx(EPOCH.alpha) and found.allocation.params_low is not None
+
+
+def test_endpoints_are_annealed_final_losses_only() -> None:
+    spec = cluster_spec(design="wsd", sizes=5, minParams=10_000_000)
+    spec = spec.model_copy(update={"tuning": spec.tuning.model_copy(update={"schedule": "wsd"})})
+    done = finish(CurveModel(truth=EPOCH, noise=0.0), ladder_records(spec), np.random.default_rng(0))
+    ends = endpoints(done)
+    assert len(ends.points) == len(done)  # one point per run: no mid-run checkpoints
+    for record, loss in zip(done, ends.points.loss, strict=True):
+        assert loss == pytest.approx(EPOCH.loss(record.params, record.trajectory_tokens), rel=1e-9)
+    trunks = {r.run_id for r in done if r.role == "ladder" and r.resume_from is None}
+    assert set(ends.groups) >= trunks and len(set(ends.groups)) < len(done)  # branches share their trunk's group
+    assert not math.isnan(ends.points.tokens.min())
