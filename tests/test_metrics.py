@@ -453,3 +453,22 @@ def test_the_dashboard_is_a_grafana_model_whose_queries_name_exported_metrics(hi
             "flopwise_jobs_failed_total", "flopwise_jobs_preempted_total", "up"} <= named
     for e in exprs:  # per-campaign queries are filtered to the chosen campaign; health ones to the job
         assert 'campaign="$campaign"' in e or 'job=~"$job"' in e, e
+
+
+def test_docs_metrics_md_names_every_metric_and_alert_and_no_other(history) -> None:
+    """docs/metrics.md is the reference: every family a real exposition has (and every gauge a status can fill),
+    every alert of the chart, and no name that does not exist."""
+    statuses, _ = history
+    status = statuses[-1].model_copy(update={"conditions": [Condition(type="Degraded", status="True")]})
+    metrics.observe_campaign("research", "tiny", status)
+    exported = set()
+    for family in text_string_to_metric_families(exposition()):
+        if family.name.startswith("flopwise_"):
+            exported.add(family.name + "_total" if family.type == "counter" else family.name)
+    exported |= {name for name, _, _ in metrics.GAUGES}
+    doc = (ROOT / "docs" / "metrics.md").read_text()
+    assert {name for name in exported if f"`{name}`" not in doc} == set()
+    assert set(re.findall(r"`(flopwise_[a-z0-9_]+)`", doc)) <= exported
+    alerts = re.findall(r"- alert: (\w+)", (ROOT / "charts" / "flopwise" / "templates" / "_alerts.tpl").read_text())
+    assert len(alerts) == 11 and {a for a in alerts if f"`{a}`" not in doc} == set()
+    assert set(re.findall(r"`(Flopwise[A-Za-z]+)`", doc)) == set(alerts)
