@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kopf._cogs.structs.bodies import Body
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -347,9 +348,11 @@ def test_job_counters_count_creates_failures_once_and_preemptions_of_started_job
     metrics.observe_job(job("a", False, "2026-01-01T01:00:00Z"))  # re-admitted: a new start
     metrics.observe_job(job("a", True, "2026-01-01T01:00:00Z"))  # preempted again
     assert value("flopwise_jobs_preempted_total") == preempted + 2
+    metrics.observe_job(Body(job("d", True, "2026-01-01T02:00:00Z")))  # kopf's view, as the watch passes it
+    assert value("flopwise_jobs_preempted_total") == preempted + 3
     metrics.follow_leadership(lambda: False)  # a follower sees the same watch events but counts nothing
     metrics.observe_job(job("c", True, "2026-01-01T00:00:00Z"))
-    assert value("flopwise_jobs_preempted_total") == preempted + 2
+    assert value("flopwise_jobs_preempted_total") == preempted + 3
 
 
 def test_the_operator_health_metrics_count_reconciles_and_errors() -> None:
