@@ -15,7 +15,7 @@ replica did or saw while leading; sum them over replicas.
 
 Conventions: `flopwise_` prefix, base units (FLOPs as a count, GPU-seconds not GPU-hours, ratios not percent,
 dollars), `_total` only on counters. Cardinality is bounded by the number of campaigns: labels are `namespace`
-and `campaign`, plus `phase` (the 8 known phases), `condition` and `status` (a few condition types × 3) and
+and `campaign`, plus `phase` (the API's phases, 8 today), `condition` and `status` (a few condition types × 3) and
 `state` (5 fixed values) on run counts; never one series per run or step. The Job counters and the operator's
 own health carry no campaign label at all. The fitted law's E, A, B, α and β are one metric each rather than one
 metric with a `parameter` label: they are different quantities (a loss, two coefficients, two exponents), so a
