@@ -5,6 +5,7 @@ tests/test_chart_cluster.py installs it on the real API server."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import tomllib
 from pathlib import Path
@@ -65,9 +66,12 @@ def test_helm_lint(helm, sets) -> None:
 
 def test_default_render_is_namespaced_with_leader_election(helm) -> None:
     docs = render(helm)
-    assert sorted(d["kind"] for d in docs) == ["Deployment", "Role", "Role", "RoleBinding", "RoleBinding", "Service",
-                                              "ServiceAccount"]
-    assert all(d["metadata"]["namespace"] == NAMESPACE for d in docs)
+    assert sorted(d["kind"] for d in docs) == ["ClusterRole", "ClusterRole", "Deployment", "Pod", "Role", "Role",
+                                              "RoleBinding", "RoleBinding", "Service", "ServiceAccount"]
+    # cluster-wide only: the users' aggregated roles, which grant the operator nothing
+    assert [d["metadata"]["name"] for d in docs if "namespace" not in d["metadata"]] == [
+        f"{RELEASE}-flopwise-edit", f"{RELEASE}-flopwise-view"]
+    assert all(d["metadata"]["namespace"] == NAMESPACE for d in docs if d["kind"] != "ClusterRole")
     args = operator_args(docs)
     assert f"--namespace={NAMESPACE}" in args and "--all-namespaces" not in args
     assert {"--leader-election", f"--leader-election-namespace={NAMESPACE}",
@@ -84,7 +88,7 @@ def test_default_render_is_namespaced_with_leader_election(helm) -> None:
 
 def test_cluster_scope_renders_a_cluster_role_and_watches_every_namespace(helm) -> None:
     docs = render(helm, "rbac.scope=cluster")
-    role, binding = only(docs, "ClusterRole"), only(docs, "ClusterRoleBinding")
+    role, binding = only(docs, "ClusterRole", f"{RELEASE}-flopwise"), only(docs, "ClusterRoleBinding")
     assert "namespace" not in role["metadata"] and binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": only(docs, "ServiceAccount")["metadata"]["name"],
                                     "namespace": NAMESPACE}]
@@ -127,7 +131,7 @@ def test_rbac_rules_are_exactly_flopwise_kube_rbac(helm) -> None:
     for ns in ("a", "b"):
         assert only(docs, "Role", f"{RELEASE}-flopwise", ns)["rules"] == rbac.operator_rules()
     cluster = render(helm, "rbac.scope=cluster")
-    assert only(cluster, "ClusterRole")["rules"] == rbac.operator_rules() + rbac.scanning_rules()
+    assert only(cluster, "ClusterRole", f"{RELEASE}-flopwise")["rules"] == rbac.operator_rules() + rbac.scanning_rules()
     election = only(docs, "Role", f"{RELEASE}-flopwise-leader-election", NAMESPACE)
     assert election["rules"] == rbac.leader_election_rules()
     assert not [d for d in render(helm, "leaderElection.enabled=false") if "leader-election" in d["metadata"]["name"]]
@@ -178,7 +182,8 @@ def test_an_existing_service_account_must_be_named(helm) -> None:
 def test_standard_labels_on_every_object(helm) -> None:
     """Every templated object (the CRD in crds/ is the repository's file, byte for byte, so it is not templated)."""
     extra = ["dashboard.enabled=true"] if DASHBOARD.exists() else []
-    for sets in [(), ("rbac.scope=cluster", "metrics.serviceMonitor.enabled=true", *extra)]:
+    for sets in [(), ("rbac.scope=cluster", "metrics.serviceMonitor.enabled=true",
+                      "metrics.prometheusRule.enabled=true", *extra)]:
         docs = render(helm, *sets)
         for doc in docs:
             labels = doc["metadata"]["labels"]
@@ -187,7 +192,7 @@ def test_standard_labels_on_every_object(helm) -> None:
             assert labels["app.kubernetes.io/instance"] == RELEASE, where
             assert labels["app.kubernetes.io/version"] == app_version(), where
             assert labels["app.kubernetes.io/managed-by"] == "Helm", where
-            assert labels["app.kubernetes.io/component"] in ("operator", "metrics", "dashboard"), where
+            assert labels["app.kubernetes.io/component"] in ("operator", "metrics", "dashboard", "rbac", "test"), where
         pod = only(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
         assert pod["app.kubernetes.io/component"] == "operator" and pod["app.kubernetes.io/instance"] == RELEASE
 
@@ -274,3 +279,132 @@ def test_notes_tell_what_to_do_next(helm) -> None:
     assert f"kubectl rollout status deployment/{RELEASE}-flopwise -n {NAMESPACE}" in notes
     assert f"kubectl get trainingcampaigns -n {NAMESPACE}" in notes and f"watches TrainingCampaigns in: {NAMESPACE}" \
         in notes
+
+
+# ------------------------------------------------------------------------------------------------ users' roles
+def test_aggregated_cluster_roles_let_edit_create_campaigns_and_view_read_them(helm) -> None:
+    """Kubernetes' built-in `edit`/`admin` and `view` roles pick these up through their aggregate-to-* labels
+    (tests/test_chart_cluster.py shows it on the real API server). They are bound to nobody."""
+    for sets in [(), ("rbac.scope=cluster",)]:
+        docs = render(helm, *sets)
+        edit = only(docs, "ClusterRole", f"{RELEASE}-flopwise-edit")
+        view = only(docs, "ClusterRole", f"{RELEASE}-flopwise-view")
+        aggregate = "rbac.authorization.k8s.io/aggregate-to-"
+        assert {k for k, v in edit["metadata"]["labels"].items() if k.startswith(aggregate) and v == "true"} == {
+            aggregate + "edit", aggregate + "admin"}
+        assert {k for k, v in view["metadata"]["labels"].items() if k.startswith(aggregate) and v == "true"} == {
+            aggregate + "view", aggregate + "edit", aggregate + "admin"}
+        assert edit["rules"] == [{"apiGroups": ["flopwise.dev"], "resources": ["trainingcampaigns"],
+                                  "verbs": ["create", "update", "patch", "delete", "deletecollection"]}]
+        assert view["rules"] == [{"apiGroups": ["flopwise.dev"], "resources": ["trainingcampaigns",
+                                                                               "trainingcampaigns/status"],
+                                  "verbs": ["get", "list", "watch"]}]
+        bound = {d["roleRef"]["name"] for d in docs if d["kind"].endswith("Binding")}
+        assert not bound & {edit["metadata"]["name"], view["metadata"]["name"]}
+    for off in ("rbac.aggregateToDefaultRoles=false", "rbac.create=false"):
+        assert not [d for d in render(helm, off) if d["metadata"]["name"].endswith(("-edit", "-view"))]
+
+
+# ------------------------------------------------------------------------------------------------ helm test
+CHECK_SCRIPT = CHART / "files" / "check-metrics.py"
+
+
+def test_helm_test_hook_is_a_restricted_pod_that_runs_the_check_on_the_metrics_service(helm) -> None:
+    from pod_security import restricted_violations
+
+    docs = render(helm)
+    pod = only(docs, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    assert restricted_violations({"metadata": pod["metadata"], "spec": pod["spec"]}) == []
+    spec = pod["spec"]
+    assert spec["restartPolicy"] == "Never" and spec["automountServiceAccountToken"] is False
+    (container,) = spec["containers"]
+    (operator,) = only(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == operator["image"]  # the operator image: its python, nothing else to pull
+    assert container["command"] == ["python", "-c", CHECK_SCRIPT.read_text()]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env == {"FLOPWISE_METRICS_URL": f"http://{RELEASE}-flopwise-metrics.{NAMESPACE}.svc:9090/metrics",
+                   "FLOPWISE_TEST_TIMEOUT_SECONDS": "120"}
+    service = only(docs, "Service")
+    assert service["metadata"]["name"] == f"{RELEASE}-flopwise-metrics" and service["spec"]["ports"][0]["port"] == 9090
+    assert not [d for d in render(helm, "tests.enabled=false") if d["kind"] == "Pod"]
+    assert not [d for d in render(helm, "metrics.enabled=false") if d["kind"] == "Pod"]  # nothing to check
+
+
+class _Exposition:
+    """An HTTP server on loopback answering /metrics with each of `answers` in turn (the last one repeated)."""
+
+    def __init__(self, answers: list[str]):
+        import http.server
+        import threading
+
+        outer = self
+        self.answers, self.requests = answers, 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = outer.answers[min(outer.requests, len(outer.answers) - 1)].encode()
+                outer.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/metrics"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def run_check(container: dict, url: str, timeout_s: int) -> subprocess.CompletedProcess:
+    """The hook's container command as rendered, run here with its environment (the URL pointed at loopback)."""
+    import os
+    import sys
+
+    env = {e["name"]: e["value"] for e in container["env"]} | {"FLOPWISE_METRICS_URL": url,
+                                                               "FLOPWISE_TEST_TIMEOUT_SECONDS": str(timeout_s)}
+    command = [sys.executable if container["command"][0] == "python" else container["command"][0],
+               *container["command"][1:]]
+    return subprocess.run(command, env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True,
+                          timeout=timeout_s + 30)
+
+
+def test_the_hook_passes_on_a_leading_operator_and_fails_clearly_otherwise(helm) -> None:
+    from prometheus_client import generate_latest
+
+    from flopwise.api.status import TrainingCampaignStatus
+    from flopwise.kube import metrics
+
+    metrics.follow_leadership(lambda: True)
+    metrics.observe_campaign("research", "hook", TrainingCampaignStatus())
+    try:
+        leading = generate_latest(metrics.REGISTRY).decode()  # a real exposition of the operator's registry
+    finally:
+        metrics.forget_campaign("research", "hook")
+    standby = re.sub(r"^flopwise_leader 1\.0$", "flopwise_leader 0.0", leading, flags=re.MULTILINE)
+    assert standby != leading
+    cases = [([leading], 0, "ok: {url} answers; this replica leads and exports 1 campaign(s)"),
+             ([standby, standby, leading], 0, "this replica leads"),  # the Service reached a standby first
+             ([standby], 1, "FAIL: no leading operator replica answered in time; last: the replica that answered "
+                            "waits for the leader Lease (flopwise_leader 0)"),
+             (["<html>hello</html>"], 1, "FAIL: {url} answers, but without flopwise_leader")]
+    (container,) = only(render(helm), "Pod")["spec"]["containers"]
+    for answers, code, says in cases:
+        server = _Exposition(answers)
+        try:
+            res = run_check(container, server.url, timeout_s=3)
+        finally:
+            server.close()
+        assert res.returncode == code and says.format(url=server.url) in res.stdout, (answers[-1][:80], res)
+    from cluster import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/metrics"
+    res = run_check(container, url, timeout_s=1)
+    assert res.returncode == 1 and f"last: {url}: <urlopen error [Errno 111] Connection refused>" in res.stdout, res

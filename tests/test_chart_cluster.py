@@ -10,6 +10,8 @@ test plays the node for the training Pods, as in tests/test_operator_cluster.py.
 
 from __future__ import annotations
 
+import json
+import re
 import secrets
 import subprocess
 import sys
@@ -166,3 +168,128 @@ def test_a_verb_removed_from_the_role_fails_visibly_and_launches_nothing(control
         cp.kubectl("replace", "-f", "-", input=yaml.safe_dump(cp.kubectl_json("get", "role", FULLNAME, "-n", ns)
                                                               | {"rules": role["rules"]}), check=False)
         cp.kubectl("delete", "trainingcampaign", name, "-n", ns, "--wait=false", check=False)
+
+
+# ------------------------------------------------------------------------------------------------ users' roles
+def test_a_namespace_user_with_edit_creates_campaigns_and_one_with_view_only_reads_them(control_plane, release,
+                                                                                        tmp_path) -> None:
+    """The chart's aggregated ClusterRoles, put into Kubernetes' built-in roles by the real clusterrole-aggregation
+    controller: users bound (by RoleBinding, in one namespace) to `edit` or `admin` create and delete campaigns,
+    one bound to `view` reads them and is refused a create, one with nothing is refused a read. Requests are made
+    as each user (kubectl --as, which the API server authorizes exactly as that user's own requests)."""
+    cp = control_plane
+    team = f"team-{secrets.token_hex(3)}"
+    cp.kubectl("create", "namespace", team)
+    try:
+        for user, role in (("alice", "edit"), ("dave", "admin"), ("bob", "view")):
+            cp.kubectl("create", "rolebinding", f"{user}-{role}", f"--clusterrole={role}", f"--user={user}",
+                       "-n", team)
+
+        def aggregated(role: str, verb: str) -> bool:
+            rules = cp.kubectl_json("get", "clusterrole", role).get("rules") or []
+            return any("trainingcampaigns" in r.get("resources", []) and verb in r.get("verbs", []) for r in rules)
+
+        for role, verb in (("edit", "create"), ("admin", "create"), ("view", "list"), ("edit", "list")):
+            cp.wait_for(lambda role=role, verb=verb: aggregated(role, verb), timeout=30,
+                        what=f"the {role} role aggregates {verb} on trainingcampaigns")
+
+        def as_user(user: str, *args: str, **kw):
+            return cp.kubectl(f"--as={user}", "-n", team, *args, check=False, **kw)
+
+        made = as_user("alice", "create", "-f", "-", input=yaml.safe_dump(tiny_campaign("alices", team)))
+        assert made.returncode == 0, made.stderr
+        made = as_user("dave", "create", "-f", "-", input=yaml.safe_dump(tiny_campaign("daves", team)))
+        assert made.returncode == 0, made.stderr
+        refused = as_user("bob", "create", "-f", "-", input=yaml.safe_dump(tiny_campaign("bobs", team)))
+        assert refused.returncode != 0 and 'User "bob" cannot create resource "trainingcampaigns" in API group ' \
+            f'"flopwise.dev" in the namespace "{team}"' in refused.stderr, refused.stderr
+        listed = as_user("bob", "get", "trainingcampaigns", "-o", "name")
+        assert listed.returncode == 0 and set(listed.stdout.split()) == {
+            "trainingcampaign.flopwise.dev/alices", "trainingcampaign.flopwise.dev/daves"}, listed
+        assert as_user("bob", "delete", "trainingcampaign", "alices").returncode != 0
+        for user in ("alice", "bob"):  # the status is the operator's alone
+            patched = as_user(user, "patch", "trainingcampaign", "alices", "--subresource=status", "--type=merge",
+                              "-p", '{"status": {"phase": "Succeeded"}}')
+            assert patched.returncode != 0 and "forbidden" in patched.stderr.lower(), (user, patched.stderr)
+        nobody = as_user("carol", "get", "trainingcampaigns")
+        assert nobody.returncode != 0 and 'User "carol" cannot list resource "trainingcampaigns"' in nobody.stderr
+        elsewhere = cp.kubectl("--as=alice", "-n", release[0], "get", "trainingcampaigns", check=False)
+        assert elsewhere.returncode != 0  # bound in one namespace only
+        assert as_user("alice", "delete", "trainingcampaign", "alices", "daves").returncode == 0
+    finally:
+        cp.kubectl("delete", "namespace", team, "--wait=false", check=False)
+
+
+# ------------------------------------------------------------------------------------------------ helm test
+def _run_hook_as_the_node(cp, ns: str, pod_name: str, metrics_url: str, timeout_s: int) -> int:
+    """Plays the kubelet for `helm test`'s Pod: its command, as the API server holds it, is run here with its
+    environment but the metrics URL pointed at the operator on loopback (there is no Service proxy either), and
+    its exit code and output are reported in the Pod's status. Returns the exit code."""
+    import os
+    import time as clock
+
+    pod = cp.wait_for(lambda: cp.kubectl_json("get", "pod", pod_name, "-n", ns), timeout=60,
+                      what="helm test's Pod")
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]} | {"FLOPWISE_METRICS_URL": metrics_url,
+                                                               "FLOPWISE_TEST_TIMEOUT_SECONDS": str(timeout_s)}
+    command = [sys.executable if container["command"][0] == "python" else container["command"][0],
+               *container["command"][1:]]
+    ran = subprocess.run(command, env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True,
+                         timeout=timeout_s + 60)
+    now = clock.strftime("%Y-%m-%dT%H:%M:%SZ", clock.gmtime())
+    status = {"status": {"phase": "Succeeded" if ran.returncode == 0 else "Failed", "containerStatuses": [{
+        "name": container["name"], "image": container["image"], "imageID": "", "ready": False, "restartCount": 0,
+        "state": {"terminated": {"exitCode": ran.returncode, "reason": "Completed" if ran.returncode == 0 else "Error",
+                                 "message": (ran.stdout + ran.stderr)[-4000:], "startedAt": now,
+                                 "finishedAt": now}}}]}}
+    cp.kubectl("patch", "pod", pod_name, "-n", ns, "--subresource=status", "--type=merge", "-p", json.dumps(status))
+    return ran.returncode
+
+
+def test_helm_test_passes_with_a_leading_operator_and_fails_without_one(control_plane, helm, release,
+                                                                       tmp_path) -> None:
+    """`helm test` (Helm v4) creates the hook Pod on the real API server and waits for its phase. No kubelet runs
+    here, so the test plays the node for that one Pod (_run_hook_as_the_node); the operator is the chart's
+    ServiceAccount with the Deployment's flags, leader election included."""
+    cp, (ns, _) = control_plane, release
+    pod_name = f"{FULLNAME}-test-metrics"
+    op = start_operator(cp, ns, tmp_path / "operator.log")
+    port = next(a.split("=", 1)[1] for a in op.extra_args if a.startswith("--metrics-port="))
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        def leads() -> bool:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    return "\nflopwise_leader 1.0\n" in response.read().decode()
+            except OSError:
+                return False
+
+        cp.wait_for(leads, timeout=90, what="the operator leads")
+        helm_test = subprocess.Popen([helm, "test", RELEASE, "-n", ns, "--timeout", "120s", "--kubeconfig",
+                                      str(cp.kubeconfig)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
+        try:
+            assert _run_hook_as_the_node(cp, ns, pod_name, url, timeout_s=60) == 0
+            out, _ = helm_test.communicate(timeout=120)
+        finally:
+            helm_test.kill()
+        assert helm_test.returncode == 0, out
+        assert re.search(rf"TEST SUITE:\s+{pod_name}", out) and re.search(r"Phase:\s+Succeeded", out), out
+        # hook-succeeded: Helm deletes the Pod it made
+        cp.wait_for(lambda: cp.kubectl("get", "pod", pod_name, "-n", ns, check=False).returncode != 0, timeout=60,
+                    what="the succeeded test Pod deleted")
+    finally:
+        stop_operator(op)
+    # No operator answers: the same hook fails, and so does `helm test`.
+    helm_test = subprocess.Popen([helm, "test", RELEASE, "-n", ns, "--timeout", "120s", "--kubeconfig",
+                                  str(cp.kubeconfig)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert _run_hook_as_the_node(cp, ns, pod_name, url, timeout_s=3) == 1
+        out, _ = helm_test.communicate(timeout=120)
+    finally:
+        helm_test.kill()
+    assert helm_test.returncode != 0 and pod_name in out, out
+    pod = cp.kubectl_json("get", "pod", pod_name, "-n", ns)  # a failed test Pod stays, for its message
+    message = pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"]
+    assert "FAIL: no leading operator replica answered in time" in message, message

@@ -13,17 +13,19 @@ import re
 import statistics
 import subprocess
 import threading
+import typing
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+from kopf._cogs.structs.bodies import Body
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cluster import free_port, script
 from flopwise.api.load import parse_campaign
-from flopwise.api.status import RunRecord, TrainingCampaignStatus
+from flopwise.api.status import Condition, Phase, RunRecord, TrainingCampaignStatus
 from flopwise.contract import CurvePoint, RunSummary
 from flopwise.engine.machine import EngineOptions, Observation, reconcile
 from flopwise.fitting.fit import COARSE_GRID
@@ -83,12 +85,18 @@ def promtool() -> str:
 
 @pytest.fixture(autouse=True)
 def clean():
-    """The module's collector is process-wide: every test starts and ends with no campaign observed."""
+    """The module's collector is process-wide: every test starts and ends with no campaign observed, and as the
+    leader (what a replica without leader election is)."""
+    metrics.follow_leadership(lambda: True)
     for namespace, name in list(metrics.CAMPAIGNS._campaigns):
         metrics.forget_campaign(namespace, name)
     yield
+    metrics.follow_leadership(lambda: True)
     for namespace, name in list(metrics.CAMPAIGNS._campaigns):
         metrics.forget_campaign(namespace, name)
+
+
+OPERATOR_OWN = ("flopwise_reconcile", "flopwise_queue", "flopwise_leader", "flopwise_jobs")  # no campaign labels
 
 
 def exposition() -> str:
@@ -121,7 +129,8 @@ def test_a_finished_campaign_is_exposed_with_the_values_of_its_status(history) -
     metrics.observe_campaign("research", "tiny", final)
     c = {"namespace": "research", "campaign": "tiny"}
     ledger, law, plan = final.ledger, final.law, final.plan
-    assert value("flopwise_campaign_info", phase="Succeeded", **c) == 1.0
+    assert {p: value("flopwise_campaign_phase", phase=p, **c) for p in metrics.PHASES} == \
+        {p: float(p == "Succeeded") for p in metrics.PHASES}
     assert value("flopwise_budget_flops", **c) == ledger.budget_flops == 6e10
     assert value("flopwise_budget_spent_flops", **c) == ledger.spent_flops > 0
     assert value("flopwise_budget_reserved_flops", **c) == 0.0
@@ -167,12 +176,14 @@ def test_a_new_campaign_shows_only_what_its_status_says() -> None:
     metrics.observe_campaign("research", "new", TrainingCampaignStatus())
     found = samples()
     names = {name for name, _ in campaign_series(found, "new")}
-    assert names == {"flopwise_campaign_info", "flopwise_campaign_observed_timestamp_seconds", "flopwise_runs",
+    assert names == {"flopwise_campaign_phase", "flopwise_campaign_observed_timestamp_seconds", "flopwise_runs",
                      "flopwise_budget_flops", "flopwise_budget_reserved_flops", "flopwise_budget_spent_flops",
                      "flopwise_budget_reserved_gpu_seconds", "flopwise_budget_spent_gpu_seconds",
                      "flopwise_budget_reserved_dollars", "flopwise_budget_spent_dollars", "flopwise_budget_used_ratio",
                      "flopwise_runs_planned"}
-    assert value("flopwise_campaign_info", namespace="research", campaign="new", phase="Pending") == 1.0
+    phases = {p: value("flopwise_campaign_phase", namespace="research", campaign="new", phase=p)
+              for p in metrics.PHASES}
+    assert phases == {p: float(p == "Pending") for p in metrics.PHASES}
 
 
 def test_names_units_and_labels_follow_prometheus_conventions(history) -> None:
@@ -192,10 +203,11 @@ def test_names_units_and_labels_follow_prometheus_conventions(history) -> None:
                 assert sample.name == family.name + "_total"
             else:
                 assert not sample.name.endswith("_total"), sample.name
-            extra = {"flopwise_campaign_info": {"phase"}, "flopwise_runs": {"state"},
+            extra = {"flopwise_campaign_phase": {"phase"}, "flopwise_runs": {"state"},
+                     "flopwise_campaign_condition": {"condition", "status"},
                      "flopwise_reconcile_duration_seconds": {"le"}}
             allowed = {"namespace", "campaign"} | extra.get(family.name, set())
-            if family.name.startswith(("flopwise_reconcile", "flopwise_queue")):
+            if family.name.startswith(OPERATOR_OWN):
                 allowed -= {"namespace", "campaign"}  # the operator's own health: one series, no campaign
             else:
                 assert {"namespace", "campaign"} <= set(sample.labels), sample
@@ -235,7 +247,7 @@ def test_forgetting_a_campaign_removes_every_one_of_its_series(history) -> None:
     metrics.forget_campaign("other", "tiny")
     metrics.forget_campaign("research", "kept")
     assert not [k for k in samples() if k[0].startswith("flopwise_") and ("campaign", "kept") in k[1]]
-    assert "flopwise_campaign_info" not in exposition()  # no campaign: no empty per-campaign families either
+    assert "flopwise_campaign_phase" not in exposition()  # no campaign: no empty per-campaign families either
 
 
 def test_cardinality_is_per_campaign_and_does_not_grow_with_runs_or_steps(history) -> None:
@@ -244,7 +256,8 @@ def test_cardinality_is_per_campaign_and_does_not_grow_with_runs_or_steps(histor
     for status in statuses:  # every reconcile of the campaign overwrites the same series
         metrics.observe_campaign("research", "tiny", status)
         per_status.append(len(campaign_series(samples(), "tiny")))
-    bound = len(metrics.GAUGES) + 2 + 5  # gauges, info, observed time, runs by 5 states
+    conditions = max(len(s.conditions) for s in statuses)
+    bound = len(metrics.GAUGES) + len(metrics.PHASES) + 3 * conditions + 1 + 5  # + observed time, runs by state
     assert max(per_status) == len(campaign_series(samples(), "tiny")) <= bound
     final = statuses[-1]
     many = final.model_copy(update={"runs": [r.model_copy(update={"run_id": f"{r.run_id}-{i}"})
@@ -252,6 +265,96 @@ def test_cardinality_is_per_campaign_and_does_not_grow_with_runs_or_steps(histor
     assert len(many.runs) >= 40 * 9
     metrics.observe_campaign("research", "many", many)
     assert len(campaign_series(samples(), "many")) == len(campaign_series(samples(), "tiny"))
+
+
+def test_the_phase_is_one_series_per_known_phase_exactly_one_of_them_1(history) -> None:
+    """kube-state-metrics' pattern: at every status the campaign went through, each of the 8 phases has a series,
+    the current one 1 and the others 0, so `== 1` never finds a past phase (the info metric's stale series did)."""
+    statuses, _ = history
+    assert typing.get_args(Phase) == metrics.PHASES  # every phase the API defines, a new one included
+    assert {"Pending", "Planned", "Ladder", "Round1", "Round2", "Final", "Succeeded", "Failed"} <= set(metrics.PHASES)
+    went_through = []
+    for status in statuses:
+        metrics.observe_campaign("research", "tiny", status)
+        phase = {dict(k[1])["phase"]: v for k, v in samples().items() if k[0] == "flopwise_campaign_phase"}
+        assert set(phase) == set(metrics.PHASES) and set(phase.values()) == {0.0, 1.0}
+        assert [p for p, v in phase.items() if v == 1.0] == [status.phase]
+        went_through.append(status.phase)
+    assert len(set(went_through)) >= 4 and went_through[-1] == "Succeeded"  # the check saw the phases move
+    newer = statuses[-1].model_copy(update={"phase": "Paused"})  # a phase this version does not know yet
+    metrics.observe_campaign("research", "tiny", newer)
+    phase = {dict(k[1])["phase"]: v for k, v in samples().items() if k[0] == "flopwise_campaign_phase"}
+    assert phase["Paused"] == 1.0 and sum(phase.values()) == 1.0 and len(phase) == len(metrics.PHASES) + 1
+
+
+def test_conditions_are_true_false_unknown_per_type(history) -> None:
+    statuses, _ = history
+    status = statuses[-1].model_copy(update={"conditions": [
+        Condition(type="Degraded", status="True", reason="Forbidden", message="jobs is forbidden"),
+        Condition(type="SpecValid", status="False", reason="Invalid"),
+        Condition(type="Ready", status="Unknown")]})
+    metrics.observe_campaign("research", "tiny", status)
+    found = {(dict(k[1])["condition"], dict(k[1])["status"]): v for k, v in samples().items()
+             if k[0] == "flopwise_campaign_condition"}
+    assert found == {("Degraded", "true"): 1.0, ("Degraded", "false"): 0.0, ("Degraded", "unknown"): 0.0,
+                     ("SpecValid", "true"): 0.0, ("SpecValid", "false"): 1.0, ("SpecValid", "unknown"): 0.0,
+                     ("Ready", "true"): 0.0, ("Ready", "false"): 0.0, ("Ready", "unknown"): 1.0}
+    metrics.observe_campaign("research", "tiny", statuses[-1].model_copy(update={"conditions": []}))
+    assert "flopwise_campaign_condition" not in exposition()  # no condition: no series, no empty family
+
+
+def test_a_follower_exports_no_campaign_series_and_a_lost_lease_drops_them(history) -> None:
+    statuses, _ = history
+    leading = {"now": False}
+    metrics.follow_leadership(lambda: leading["now"])
+    metrics.observe_campaign("research", "tiny", statuses[-1])  # a follower never reconciles; if it did, dropped
+    assert value("flopwise_leader") == 0.0
+    assert not [k for k in samples() if ("campaign", "tiny") in k[1]]
+    assert {k[0] for k in samples()} >= {"flopwise_reconcile_errors_total", "flopwise_jobs_created_total",
+                                         "process_resident_memory_bytes"}  # its own health stays
+    leading["now"] = True  # the Lease won: series come back as passes end
+    assert value("flopwise_leader") == 1.0 and not campaign_series(samples(), "tiny")
+    metrics.observe_campaign("research", "tiny", statuses[-1])
+    before = len(campaign_series(samples(), "tiny"))
+    assert before >= 45
+    leading["now"] = False  # the Lease ran out: at the next scrape, before the election loop notices
+    assert not campaign_series(samples(), "tiny") and value("flopwise_leader") == 0.0
+    metrics.leadership_changed(False)  # the loop noticed: the snapshots are gone, not only hidden
+    leading["now"] = True
+    assert not campaign_series(samples(), "tiny")
+
+
+def test_job_counters_count_creates_failures_once_and_preemptions_of_started_jobs() -> None:
+    created, failed, preempted = (value(f"flopwise_jobs_{what}_total") for what in ("created", "failed", "preempted"))
+    metrics.job_created()
+    metrics.job_created()
+    observed = [Observation("ladder-00", "failed"), Observation("ladder-01", "running"),
+                Observation("ladder-02", "succeeded"), Observation("ladder-03", "failed"),
+                Observation("ladder-04", "lost")]
+    metrics.count_failed_jobs("uid-1", observed, refused={"ladder-03": "Job rejected by the API server: ..."})
+    metrics.count_failed_jobs("uid-1", observed, refused={})  # a repeated pass: ladder-00 is not counted again
+    metrics.count_failed_jobs("uid-2", observed[:1], refused={})  # the same run id in another campaign is another
+    assert value("flopwise_jobs_created_total") == created + 2
+    assert value("flopwise_jobs_failed_total") == failed + 3  # uid-1 ladder-00 and ladder-03, uid-2 ladder-00
+
+    def job(uid: str, suspend: bool | None, start: str | None) -> dict:
+        return {"metadata": {"uid": uid, "name": f"job-{uid}"}, "spec": {"suspend": suspend},
+                "status": {"startTime": start} if start else {}}
+
+    metrics.observe_job(job("a", None, "2026-01-01T00:00:00Z"))  # running
+    metrics.observe_job(job("b", True, None))  # created suspended (Kueue: not admitted yet): queued, not preempted
+    metrics.observe_job(job("a", True, "2026-01-01T00:00:00Z"))  # suspended after it started: preempted
+    metrics.observe_job(job("a", True, "2026-01-01T00:00:00Z"))  # the same event again (a re-listed watch)
+    metrics.observe_job(job("a", True, None))  # the Job controller cleared startTime
+    assert value("flopwise_jobs_preempted_total") == preempted + 1
+    metrics.observe_job(job("a", False, "2026-01-01T01:00:00Z"))  # re-admitted: a new start
+    metrics.observe_job(job("a", True, "2026-01-01T01:00:00Z"))  # preempted again
+    assert value("flopwise_jobs_preempted_total") == preempted + 2
+    metrics.observe_job(Body(job("d", True, "2026-01-01T02:00:00Z")))  # kopf's view, as the watch passes it
+    assert value("flopwise_jobs_preempted_total") == preempted + 3
+    metrics.follow_leadership(lambda: False)  # a follower sees the same watch events but counts nothing
+    metrics.observe_job(job("c", True, "2026-01-01T00:00:00Z"))
+    assert value("flopwise_jobs_preempted_total") == preempted + 3
 
 
 def test_the_operator_health_metrics_count_reconciles_and_errors() -> None:
@@ -318,9 +421,9 @@ def test_the_dashboard_is_a_grafana_model_whose_queries_name_exported_metrics(hi
     assert dashboard["uid"] == "flopwise" and 36 <= dashboard["schemaVersion"] <= 41
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
-    assert variables["namespace"]["definition"].startswith("label_values(flopwise_campaign_info")
+    assert variables["namespace"]["definition"].startswith("label_values(flopwise_campaign_phase")
     assert variables["campaign"]["definition"] == \
-        'label_values(flopwise_campaign_info{namespace="$namespace"}, campaign)'
+        'label_values(flopwise_campaign_phase{namespace="$namespace"}, campaign)'
     ids, titles = set(), set()
     for panel in dashboard["panels"]:
         assert panel["type"] in ("timeseries", "stat"), panel["title"]
@@ -334,8 +437,13 @@ def test_the_dashboard_is_a_grafana_model_whose_queries_name_exported_metrics(hi
     for wanted in ("Budget burn-down (FLOPs)", "Budget burn-down (dollars)", "Runs by state",
                    "Loss vs compute, with the prediction", "Fitted E (irreducible loss)",
                    "Fitted A and B (coefficients)", "Fitted α and β (exponents)", "Reconcile duration",
-                   "Reconciles and errors", "Work-queue depth", "Operator up"):
+                   "Reconciles and errors", "Work-queue depth", "Operator up", "Phase", "Conditions",
+                   "Jobs created, failed, preempted", "Leader"):
         assert wanted in titles, wanted
+    # The phase is the one series that is 1 now: an instant query, so a phase left earlier is not shown
+    (phase,) = [p for p in dashboard["panels"] if p["title"] == "Phase"]
+    assert [(t["expr"], t["instant"], t["range"]) for t in phase["targets"]] == [
+        ('flopwise_campaign_phase{namespace="$namespace", campaign="$campaign"} == 1', True, False)]
     # Every metric a query names is one the operator exports (or Prometheus' own `up`).
     statuses, _ = history
     metrics.observe_campaign("research", "tiny", statuses[-1])
@@ -346,6 +454,26 @@ def test_the_dashboard_is_a_grafana_model_whose_queries_name_exported_metrics(hi
     assert {"flopwise_budget_spent_flops", "flopwise_budget_reserved_flops", "flopwise_budget_dollars",
             "flopwise_runs", "flopwise_predicted_loss_ci_low", "flopwise_law_tokens_exponent_ci_high",
             "flopwise_reconcile_duration_seconds_bucket", "flopwise_reconcile_errors_total", "flopwise_queue_depth",
-            "up"} <= named
+            "flopwise_campaign_phase", "flopwise_campaign_condition", "flopwise_leader", "flopwise_jobs_created_total",
+            "flopwise_jobs_failed_total", "flopwise_jobs_preempted_total", "up"} <= named
     for e in exprs:  # per-campaign queries are filtered to the chosen campaign; health ones to the job
         assert 'campaign="$campaign"' in e or 'job=~"$job"' in e, e
+
+
+def test_docs_metrics_md_names_every_metric_and_alert_and_no_other(history) -> None:
+    """docs/metrics.md is the reference: every family a real exposition has (and every gauge a status can fill),
+    every alert of the chart, and no name that does not exist."""
+    statuses, _ = history
+    status = statuses[-1].model_copy(update={"conditions": [Condition(type="Degraded", status="True")]})
+    metrics.observe_campaign("research", "tiny", status)
+    exported = set()
+    for family in text_string_to_metric_families(exposition()):
+        if family.name.startswith("flopwise_"):
+            exported.add(family.name + "_total" if family.type == "counter" else family.name)
+    exported |= {name for name, _, _ in metrics.GAUGES}
+    doc = (ROOT / "docs" / "metrics.md").read_text()
+    assert {name for name in exported if f"`{name}`" not in doc} == set()
+    assert set(re.findall(r"`(flopwise_[a-z0-9_]+)`", doc)) <= exported
+    alerts = re.findall(r"- alert: (\w+)", (ROOT / "charts" / "flopwise" / "templates" / "_alerts.tpl").read_text())
+    assert len(alerts) == 11 and {a for a in alerts if f"`{a}`" not in doc} == set()
+    assert set(re.findall(r"`(Flopwise[A-Za-z]+)`", doc)) == set(alerts)

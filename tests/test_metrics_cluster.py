@@ -1,6 +1,7 @@
 """The operator's metrics for real: `flopwise operator --metrics-port P` against the real control plane, scraped
 by a real Prometheus (Debian's package, 1 s interval) while the tests play the node for a tiny campaign (see
-tests/operator_harness.py). Shown: `promtool check metrics` passes on a real scrape; every PromQL query of the
+tests/operator_harness.py; one of its Pods fails). Shown: `promtool check metrics` passes on a real scrape; the
+phase is one 0/1 series per known phase; the Job counters count what the operator did; every PromQL query of the
 Grafana dashboard returns data from that Prometheus; a deleted campaign's series leave the scrape and Prometheus.
 """
 
@@ -21,7 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 import operator_harness
 from cluster import free_port, script
 from conftest import run_operator
-from operator_harness import Node, check_finished, drive, status_of, tiny_campaign
+from flopwise.kube import metrics
+from operator_harness import MANAGED, RUN_ID, Node, check_finished, drive, status_of, tiny_campaign
 from synthetic import POOL_FLOPS_PER_S
 from synthetic import summary_for as plain_summary
 
@@ -126,15 +128,26 @@ def test_a_real_prometheus_scrapes_the_operator_and_answers_every_dashboard_quer
         c = f'campaign="tiny",namespace="{ns}"'
         # Nothing finishes until the node plays: Prometheus sees the campaign running, with nothing spent.
         cp.wait_for(lambda: prometheus.query(f'flopwise_runs{{{c},state="running"}} > 0 and on (namespace, campaign) '
-                                             f'flopwise_campaign_info{{{c},phase="Ladder"}}'),
+                                             f'flopwise_campaign_phase{{{c},phase="Ladder"}} == 1'),
                     timeout=60, what="Prometheus sees the campaign's first runs")
         monkeypatch.setattr(operator_harness, "summary_for", with_mfu)
         node = Node(core, batch, ns)
-        status = drive(cp, node, ns, "tiny", timeout=600, between=lambda: prometheus.wait_for_scrape(cp))
+        failing = {"ladder-01"}  # its first Pod exits 1 with no result: the engine retries it as ladder-01-a1
+
+        def between() -> None:
+            for pod in core.list_namespaced_pod(ns, label_selector=MANAGED).items:
+                if pod.metadata.annotations[RUN_ID] in failing and pod.status.phase == "Pending":
+                    node.finish(pod, "CUDA error: an illegal memory access was encountered", exit_code=1)
+                    failing.clear()
+            prometheus.wait_for_scrape(cp)
+
+        status = drive(cp, node, ns, "tiny", timeout=600, between=between, skip=failing)
         check_finished(status, doc["spec"]["budget"]["flops"])
+        assert not failing and next(r for r in status.runs if r.run_id == "ladder-01").state == "Failed"
 
         # A real scrape of the running operator passes promtool, and says what the status says.
-        cp.wait_for(lambda: 'phase="Succeeded"' in scrape(port), timeout=60, what="the finished campaign scraped")
+        finished = f'flopwise_campaign_phase{{campaign="tiny",namespace="{ns}",phase="Succeeded"}} 1.0'
+        cp.wait_for(lambda: finished in scrape(port), timeout=60, what="the finished campaign scraped")
         text = scrape(port)
         check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True,
                                timeout=60)
@@ -143,7 +156,13 @@ def test_a_real_prometheus_scrapes_the_operator_and_answers_every_dashboard_quer
         found = {(s.name, tuple(sorted(s.labels.items()))): s.value
                  for f in text_string_to_metric_families(text) for s in f.samples}
         campaign = (("campaign", "tiny"), ("namespace", ns))
-        assert found[("flopwise_campaign_info", (*campaign, ("phase", "Succeeded")))] == 1.0
+        phases = {dict(labels)["phase"]: v for (name, labels), v in found.items() if name == "flopwise_campaign_phase"}
+        assert phases == {p: float(p == "Succeeded") for p in metrics.PHASES}
+        # one Job per run attempt (the failed one and its retry included), each counted once
+        assert found[("flopwise_jobs_created_total", ())] == len(status.runs)
+        assert found[("flopwise_jobs_failed_total", ())] == 1 == status.run_counts.failed
+        assert found[("flopwise_jobs_preempted_total", ())] == 0  # kube-apiserver 1.20 has no Job suspend
+        assert found[("flopwise_leader", ())] == 1  # no leader election: this replica acts
         assert found[("flopwise_budget_spent_flops", campaign)] == status.ledger.spent_flops
         assert found[("flopwise_runs", (*campaign, ("state", "succeeded")))] == status.run_counts.succeeded
         assert found[("flopwise_measured_mfu_ratio", campaign)] == POOL_FLOPS_PER_S / PEAK
@@ -152,7 +171,7 @@ def test_a_real_prometheus_scrapes_the_operator_and_answers_every_dashboard_quer
         assert reconciles >= len(status.runs)  # the handlers time every pass
 
         # Prometheus has the end too, and the burn-down between.
-        cp.wait_for(lambda: prometheus.query(f'flopwise_campaign_info{{{c},phase="Succeeded"}}'), timeout=60,
+        cp.wait_for(lambda: prometheus.query(f'flopwise_campaign_phase{{{c},phase="Succeeded"}} == 1'), timeout=60,
                     what="Prometheus has the finished campaign")
         burn = prometheus.query(f"min_over_time(flopwise_budget_spent_flops{{{c}}}[1h]) < "
                                 f"max_over_time(flopwise_budget_spent_flops{{{c}}}[1h])")
@@ -160,9 +179,9 @@ def test_a_real_prometheus_scrapes_the_operator_and_answers_every_dashboard_quer
 
         # Every query of the dashboard returns data, its variables chosen as Grafana would offer them.
         dashboard = json.loads(DASHBOARD.read_text())
-        assert ns in prometheus.get("/api/v1/label/namespace/values", **{"match[]": "flopwise_campaign_info"})["data"]
+        assert ns in prometheus.get("/api/v1/label/namespace/values", **{"match[]": "flopwise_campaign_phase"})["data"]
         assert "tiny" in prometheus.get("/api/v1/label/campaign/values",
-                                        **{"match[]": f'flopwise_campaign_info{{namespace="{ns}"}}'})["data"]
+                                        **{"match[]": f'flopwise_campaign_phase{{namespace="{ns}"}}'})["data"]
         assert JOB in prometheus.get("/api/v1/label/job/values",
                                      **{"match[]": "flopwise_reconcile_errors_total"})["data"]
         values = {"namespace": ns, "campaign": "tiny", "job": JOB, "__rate_interval": "1m", "__interval": "15s"}

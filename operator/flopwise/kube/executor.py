@@ -29,7 +29,7 @@ from flopwise.api.spec import TrainingCampaignSpec
 from flopwise.api.status import RunRecord
 from flopwise.contract import RunSpec, RunSummary
 from flopwise.engine.machine import Observation
-from flopwise.kube import jobs
+from flopwise.kube import jobs, metrics
 from flopwise.kube.cache import MESSAGE_LIMIT, RunCache, get_path
 
 log = logging.getLogger("flopwise.kube")
@@ -173,7 +173,9 @@ class KubernetesExecutor:
                 return seen
         self.listed = True
         snap = self.snapshot()
-        return [observe_run(r.run_id, snap) for r in running]
+        observations = [observe_run(r.run_id, snap) for r in running]
+        metrics.count_failed_jobs(self.uid, observations, refused=snap.rejected)
+        return observations
 
     # -------------------------------------------------------------------------------------------- launch
     def launch(self, record: RunRecord, spec: RunSpec) -> bool:
@@ -210,6 +212,7 @@ class KubernetesExecutor:
             log.info("adopted Job %s/%s for run %s", self.namespace, job["metadata"]["name"], record.run_id)
             return False
         self.forbidden.discard(record.run_id)
+        metrics.job_created()
         if self.cache is not None:  # known at once, not when the watch brings it: the next pass lists nothing
             self.cache.put_job(created)
         log.info("created Job %s/%s for run %s", self.namespace, job["metadata"]["name"], record.run_id)

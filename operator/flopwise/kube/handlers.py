@@ -76,6 +76,7 @@ def _resync() -> None:
 
 
 def _leadership(leading: bool) -> None:
+    metrics.leadership_changed(leading)
     if leading:  # everything may have changed while another replica acted: look at every campaign
         for key in CACHE.campaign_keys():
             QUEUE.add(key)
@@ -97,6 +98,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         namespace, name = SETTINGS.leader_election
         ELECTION = LeaderElection(client.CoordinationV1Api(), namespace=namespace, name=name,
                                   on_change=_leadership)
+        metrics.follow_leadership(ELECTION.is_leader)
         ELECTION.start()
 
 
@@ -128,6 +130,7 @@ MANAGED = {jobs.LABEL_MANAGED_BY: jobs.MANAGED_BY}
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED, id="job-event")
 async def on_job(body: Any, type: str | None, namespace: str | None, annotations: Any, **_: Any) -> None:
+    metrics.observe_job(body)  # counts a preemption
     if CACHE.put_job(body, deleted=type == "DELETED"):
         _mark(namespace, annotations)
 

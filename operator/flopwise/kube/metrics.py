@@ -4,13 +4,23 @@ A scrape reads a dict of per-campaign snapshots, taken when the handlers persist
 so it costs no API call and a campaign's series vanish exactly when it is forgotten (`forget_campaign`). Values
 mirror the status, as kube-state-metrics mirrors objects, so they are gauges even where they only grow.
 
+The phase and the conditions follow kube-state-metrics (`kube_pod_status_phase`, `kube_*_status_condition`): one
+series per known phase, 1 for the current one and 0 for the others, so `== 1` selects the present phase and a
+past phase never lingers as a stale series; likewise `true`/`false`/`unknown` per condition type.
+
+Under leader election only the replica holding the Lease exports campaign series (`follow_leadership`): a follower
+has nothing current to say, so it serves only its own process metrics and `flopwise_leader 0`, and a leader that
+loses the Lease drops every campaign series at once (`leadership_changed`). The Job counters count what this
+replica did or saw while leading; sum them over replicas.
+
 Conventions: `flopwise_` prefix, base units (FLOPs as a count, GPU-seconds not GPU-hours, ratios not percent,
 dollars), `_total` only on counters. Cardinality is bounded by the number of campaigns: labels are `namespace`
-and `campaign`, plus `phase` on the info metric and `state` (5 fixed values) on run counts; never one series
-per run or step. The fitted law's E, A, B, α and β are one metric each rather than one metric with a
-`parameter` label: they are different quantities (a loss, two coefficients, two exponents), so a sum or average
-across such a label would mean nothing, which Prometheus' naming guide says calls for separate metrics.
-Labels hold only the campaign's namespace and name (nothing from the spec, nothing secret).
+and `campaign`, plus `phase` (the API's phases, 8 today), `condition` and `status` (a few condition types × 3) and
+`state` (5 fixed values) on run counts; never one series per run or step. The Job counters and the operator's
+own health carry no campaign label at all. The fitted law's E, A, B, α and β are one metric each rather than one
+metric with a `parameter` label: they are different quantities (a loss, two coefficients, two exponents), so a
+sum or average across such a label would mean nothing, which Prometheus' naming guide says calls for separate
+metrics. Labels hold only the campaign's namespace and name (nothing from the spec, nothing secret).
 """
 
 from __future__ import annotations
@@ -19,8 +29,11 @@ import math
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
+import typing
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -29,12 +42,14 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from flopwise.api.status import TrainingCampaignStatus
+from flopwise.api.status import Phase, TrainingCampaignStatus
 
 # `_created` series double every counter and histogram and Prometheus 2.x ignores them in the text format.
 disable_created_metrics()
 
 RUN_STATES = ("pending", "running", "succeeded", "failed", "lost")
+PHASES: tuple[str, ...] = typing.get_args(Phase)
+CONDITION_STATUSES = ("true", "false", "unknown")
 LABELS = ("namespace", "campaign")
 RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
@@ -173,6 +188,7 @@ class Snapshot:
     observed_at: float
     values: dict[str, float]
     runs: dict[str, int]
+    conditions: dict[str, str]  # condition type → "true", "false" or "unknown"
 
 
 def snapshot(status: TrainingCampaignStatus, now: float) -> Snapshot:
@@ -182,17 +198,26 @@ def snapshot(status: TrainingCampaignStatus, now: float) -> Snapshot:
         if v is not None:
             values[name] = v
     runs = {state: getattr(status.run_counts, state) for state in RUN_STATES}
-    return Snapshot(phase=status.phase, observed_at=now, values=values, runs=runs)
+    conditions = {str(c.type): str(c.status).lower() for c in status.conditions}
+    return Snapshot(phase=status.phase, observed_at=now, values=values, runs=runs, conditions=conditions)
+
+
+def _always() -> bool:
+    return True
 
 
 class CampaignCollector(Collector):
-    """The latest snapshot of every observed campaign, thread-safe: handlers write, the HTTP thread reads."""
+    """The latest snapshot of every observed campaign, thread-safe: handlers write, the HTTP thread reads.
+    Exported only while `is_leader()` (always, without leader election)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._campaigns: dict[tuple[str, str], Snapshot] = {}
+        self.is_leader: Callable[[], bool] = _always
 
     def observe(self, namespace: str, name: str, status: TrainingCampaignStatus) -> None:
+        if not self.is_leader():  # a pass that ended after the Lease was lost: not this replica's to say
+            return
         taken = snapshot(status, time.time())
         with self._lock:
             self._campaigns[(namespace, name)] = taken
@@ -201,25 +226,38 @@ class CampaignCollector(Collector):
         with self._lock:
             self._campaigns.pop((namespace, name), None)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._campaigns.clear()
+
     def describe(self) -> Iterator[Metric]:
         return iter(())  # names are fixed and ours alone: no need to collect at registration
 
     def collect(self) -> Iterator[Metric]:
+        if not self.is_leader():
+            return
         with self._lock:
             campaigns = sorted(self._campaigns.items())
         if not campaigns:
             return
-        info = GaugeMetricFamily("flopwise_campaign_info", "The campaign's phase (value always 1).",
-                                 labels=[*LABELS, "phase"])
+        phase = GaugeMetricFamily("flopwise_campaign_phase", "1 for the campaign's current phase, 0 for each other "
+                                  "phase (select the present one with == 1).", labels=[*LABELS, "phase"])
+        condition = GaugeMetricFamily("flopwise_campaign_condition", "1 for the status (true, false or unknown) of "
+                                      "each condition the campaign has, 0 for the other two.",
+                                      labels=[*LABELS, "condition", "status"])
         seen = GaugeMetricFamily("flopwise_campaign_observed_timestamp_seconds",
                                  "When the operator last observed the campaign's status (Unix time).", labels=LABELS)
         runs = GaugeMetricFamily("flopwise_runs", "Run attempts of the campaign by state.", labels=[*LABELS, "state"])
         for (namespace, name), snap in campaigns:
-            info.add_metric([namespace, name, snap.phase], 1.0)
+            for known in PHASES if snap.phase in PHASES else (*PHASES, snap.phase):
+                phase.add_metric([namespace, name, known], 1.0 if known == snap.phase else 0.0)
+            for kind, state in sorted(snap.conditions.items()):
+                for value in CONDITION_STATUSES:
+                    condition.add_metric([namespace, name, kind, value], 1.0 if value == state else 0.0)
             seen.add_metric([namespace, name], snap.observed_at)
             for state, count in snap.runs.items():
                 runs.add_metric([namespace, name, state], float(count))
-        yield from (info, seen, runs)
+        yield from (phase, condition, seen, runs) if condition.samples else (phase, seen, runs)
         for metric, text, _ in GAUGES:
             family = GaugeMetricFamily(metric, text, labels=LABELS)
             for (namespace, name), snap in campaigns:
@@ -242,6 +280,17 @@ RECONCILE_ERRORS = Counter("flopwise_reconcile_errors_total", "Reconcile passes 
                            registry=REGISTRY)
 QUEUE_DEPTH = Gauge("flopwise_queue_depth", "Campaign reconciles waiting in the operator's work queue.",
                     registry=REGISTRY)
+LEADER = Gauge("flopwise_leader", "1 while this replica holds the leader Lease and acts (always 1 without leader "
+               "election), 0 while it waits.", registry=REGISTRY)
+LEADER.set_function(lambda: 1.0 if CAMPAIGNS.is_leader() else 0.0)
+JOBS_CREATED = Counter("flopwise_jobs_created", "Training-run Jobs this replica created (an adopted Job, "
+                       "created earlier, is not counted).", registry=REGISTRY)
+JOBS_FAILED = Counter("flopwise_jobs_failed", "Runs whose Job this replica observed failed: the trainer's error, "
+                      "a deadline, an eviction, a lost node (a Job the API server refused is not counted).",
+                      registry=REGISTRY)
+JOBS_PREEMPTED = Counter("flopwise_jobs_preempted", "Jobs suspended after they had started (spec.suspend set on a "
+                         "Job with a startTime, e.g. preempted by Kueue), seen by this replica while leading.",
+                         registry=REGISTRY)
 
 _server_lock = threading.Lock()
 _server: object | None = None
@@ -255,6 +304,72 @@ def observe_campaign(namespace: str, name: str, status: TrainingCampaignStatus) 
 def forget_campaign(namespace: str, name: str) -> None:
     """The campaign was deleted: every one of its series leaves the next scrape."""
     CAMPAIGNS.forget(namespace, name)
+
+
+def follow_leadership(is_leader: Callable[[], bool]) -> None:
+    """Under leader election: campaign series are exported, and Jobs counted, only while is_leader() is true
+    (asked at every scrape, so a replica whose Lease ran out stops exporting even before it notices)."""
+    CAMPAIGNS.is_leader = is_leader
+
+
+def leadership_changed(leading: bool) -> None:
+    """The Lease was won or lost. Lost: every campaign snapshot goes (the new leader's are the current ones); won:
+    the handlers reconcile every campaign, and each comes back as its pass ends."""
+    if not leading:
+        CAMPAIGNS.clear()
+
+
+class _Once:
+    """Remembers the last `size` keys, so an event seen twice (a retried pass, a re-listed watch) counts once."""
+
+    def __init__(self, size: int = 8192) -> None:
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[Hashable, None] = OrderedDict()
+        self.size = size
+
+    def first(self, key: Hashable) -> bool:
+        with self._lock:
+            if key in self._seen:
+                return False
+            self._seen[key] = None
+            if len(self._seen) > self.size:
+                self._seen.popitem(last=False)
+            return True
+
+
+_FAILED_RUNS, _PREEMPTIONS = _Once(), _Once()
+
+
+def job_created() -> None:
+    """The executor created a run's Job (not adopted after a 409)."""
+    JOBS_CREATED.inc()
+
+
+def count_failed_jobs(campaign_uid: str, observations: Iterable[Any], refused: Mapping[str, str]) -> None:
+    """The executor's observations of a campaign's running runs: each run observed failed counts once, however
+    many passes see it (a pass whose status write failed is repeated); runs whose Job was refused never ran."""
+    for observation in observations:
+        if observation.state == "failed" and observation.run_id not in refused and \
+                _FAILED_RUNS.first((campaign_uid, observation.run_id)):
+            JOBS_FAILED.inc()
+
+
+def _path(obj: Any, *keys: str) -> Any:
+    for key in keys:
+        obj = obj.get(key) if isinstance(obj, Mapping) else None
+    return obj
+
+
+def observe_job(body: Mapping[str, Any]) -> None:
+    """A Job as the watch delivers it. Suspending a started Job (Kueue's preemption, or anyone's) writes
+    spec.suspend while status.startTime still holds the start, until the Job controller clears it: that pair is
+    counted once per start (a resumed Job gets a new startTime, so a second preemption counts again). A Job
+    created suspended and never admitted has no startTime and is not counted. Only the leader counts."""
+    if _path(body, "spec", "suspend") is not True or not CAMPAIGNS.is_leader():
+        return
+    started = _path(body, "status", "startTime")
+    if started and _PREEMPTIONS.first((_path(body, "metadata", "uid"), started)):
+        JOBS_PREEMPTED.inc()
 
 
 def observe_reconcile(seconds: float, error: bool) -> None:
