@@ -37,7 +37,7 @@ def test_examples_validate_and_plan() -> None:
         assert "valid" in result.stdout
     result = flopwise("plan", str(QUICKSTART))
     assert result.returncode == 0, result.stderr
-    for text in ("target:", "ladder-00", "round1-00", "round2-00", "total"):
+    for text in ("target:", "ladder-c0-00", "round1-00", "round2-00", "total"):
         assert text in result.stdout
 
 

@@ -145,8 +145,8 @@ def test_etcd_briefly_unavailable(crd, operator, apis) -> None:
 
 # ------------------------------------------------------------------------------------------ Pods and Jobs
 def test_pods_evicted_or_deleted_mid_run(crd, operator, apis) -> None:
-    """Three Pods go while they run. ladder-01's through the eviction API (as a drain would: the Pod is deleted,
-    the Job controller makes a new one, which finishes); round1-00's deleted outright (the same); ladder-02's
+    """Three Pods go while they run. ladder-c0-01's through the eviction API (as a drain would: the Pod is deleted,
+    the Job controller makes a new one, which finishes); round1-00's deleted outright (the same); ladder-c0-02's
     evicted by the kubelet (it plays the node: phase Failed, reason Evicted, no container result), which fails
     its Job (backoffLimit 0): the run is charged its reservation and retried once."""
     cp, ns = crd, operator.namespace
@@ -154,7 +154,7 @@ def test_pods_evicted_or_deleted_mid_run(crd, operator, apis) -> None:
     doc = tiny_campaign("evicted", ns)
     cp.apply_yaml(yaml.safe_dump(doc))
     node = RecordingNode(core, batch, ns)
-    plans = {"ladder-01": "eviction API", "round1-00": "delete", "ladder-02": "kubelet eviction"}
+    plans = {"ladder-c0-01": "eviction API", "round1-00": "delete", "ladder-c0-02": "kubelet eviction"}
     skip = set(plans)
     done: dict[str, str] = {}
 
@@ -180,16 +180,16 @@ def test_pods_evicted_or_deleted_mid_run(crd, operator, apis) -> None:
     assert set(done) == set(plans), done
     kept_promises(status, node, doc["spec"]["budget"]["flops"])
     by_id = {r.run_id: r for r in status.runs}
-    for run_id in ("ladder-01", "round1-00"):  # the Job made a new Pod: same run, same Job, a result
+    for run_id in ("ladder-c0-01", "round1-00"):  # the Job made a new Pod: same run, same Job, a result
         assert by_id[run_id].state == "Succeeded" and len(node.pods_per_run[run_id]) == 2, by_id[run_id]
-    evicted = by_id["ladder-02"]
+    evicted = by_id["ladder-c0-02"]
     assert evicted.state == "Failed" and evicted.result is None and evicted.spent.flops > 0, evicted
-    assert by_id["ladder-02-a1"].state == "Succeeded"
+    assert by_id["ladder-c0-02-a1"].state == "Succeeded"
     FIGURES["evictions"] = {"pods_gone": len(done), "retried": 1}
 
 
 def test_job_deleted_by_hand_twice_is_lost_and_charged(crd, operator, apis) -> None:
-    """A person deletes ladder-01's Job while it runs (the run is relaunched once, under the same reservation),
+    """A person deletes ladder-c0-01's Job while it runs (the run is relaunched once, under the same reservation),
     then deletes the relaunched Job too, once the operator has seen it running: the run is Lost and charged its
     reservation, never launched a third time, and the campaign finishes on the other rungs."""
     cp, ns = crd, operator.namespace
@@ -197,7 +197,7 @@ def test_job_deleted_by_hand_twice_is_lost_and_charged(crd, operator, apis) -> N
     doc = tiny_campaign("deleted", ns)
     cp.apply_yaml(yaml.safe_dump(doc))
     node = RecordingNode(core, batch, ns)
-    victim = "ladder-01"
+    victim = "ladder-c0-01"
     skip = {victim}
     deletions: list[str] = []
 
@@ -230,17 +230,17 @@ def test_job_deleted_by_hand_twice_is_lost_and_charged(crd, operator, apis) -> N
 # ------------------------------------------------------------------------------------------ the trainer
 def test_trainer_failures_are_charged_and_retried(crd, operator, apis) -> None:
     """Four ways a trainer goes wrong, one ladder run each (the node plays the kubelet; the deadline is the real
-    Job controller's): ladder-01 exits 1 with its own failure report (charged what it measured); ladder-02
+    Job controller's): ladder-c0-01 exits 1 with its own failure report (charged what it measured); ladder-c0-02
     writes a report over 4 KiB, cut at 4096 bytes as the kubelet does (garbled: charged its reservation);
-    ladder-03 writes 64 KiB of garbage unclipped (a kubelet that does not cut: the status must not grow);
-    ladder-04 hangs: its Job's activeDeadlineSeconds is lowered to 1 s and kube-controller-manager fails it
+    ladder-c1-00 writes 64 KiB of garbage unclipped (a kubelet that does not cut: the status must not grow);
+    ladder-c1-01 hangs: its Job's activeDeadlineSeconds is lowered to 1 s and kube-controller-manager fails it
     (DeadlineExceeded). Each is retried once and the retry succeeds."""
     cp, ns = crd, operator.namespace
     core, batch, _ = apis
     doc = tiny_campaign("trainer", ns)
     cp.apply_yaml(yaml.safe_dump(doc))
     node = RecordingNode(core, batch, ns)
-    victims = {"ladder-01", "ladder-02", "ladder-03", "ladder-04"}
+    victims = {"ladder-c0-01", "ladder-c0-02", "ladder-c1-00", "ladder-c1-01"}
     skip = set(victims)
     measured: dict[str, float] = {}
     deadline_at: list[float] = []
@@ -251,18 +251,18 @@ def test_trainer_failures_are_charged_and_retried(crd, operator, apis) -> None:
             if pod is None:
                 continue
             spec = node.run_spec(pod)
-            if run_id == "ladder-01":
+            if run_id == "ladder-c0-01":
                 summary = summary_for(spec).model_copy(update={
                     "status": "failed", "exit_reason": "CUDA error: out of memory", "final_val_loss": None})
                 summary = summary.model_copy(update={"flops": summary.flops / 3})
                 measured[run_id] = summary.flops
                 node.finish(pod, summary.to_message(), exit_code=1)
-            elif run_id == "ladder-02":
+            elif run_id == "ladder-c0-02":
                 long = summary_for(spec).model_copy(update={"device": "d" * 6000})
                 text = json.dumps(long.model_dump(by_alias=True, exclude_none=True), separators=(",", ":"))
                 assert len(text.encode()) > 4096
                 node.finish(pod, text.encode()[:4096].decode(errors="ignore"), exit_code=0)
-            elif run_id == "ladder-03":
+            elif run_id == "ladder-c1-00":
                 node.finish(pod, "\x00garbage{" * (64 * 1024 // 9), exit_code=0)
             else:
                 job = pod.metadata.labels["job-name"]
@@ -280,12 +280,12 @@ def test_trainer_failures_are_charged_and_retried(crd, operator, apis) -> None:
         record, retry = by_id[run_id], by_id[f"{run_id}-a1"]
         assert record.state == "Failed" and record.reserved.flops == 0, record
         assert retry.state == "Succeeded" and retry.result is not None, retry
-    assert by_id["ladder-01"].spent.flops == measured["ladder-01"]  # its own report: what it measured
-    assert "out of memory" in by_id["ladder-01"].reason
-    for run_id in ("ladder-02", "ladder-03", "ladder-04"):  # no report: its whole reservation
+    assert by_id["ladder-c0-01"].spent.flops == measured["ladder-c0-01"]  # its own report: what it measured
+    assert "out of memory" in by_id["ladder-c0-01"].reason
+    for run_id in ("ladder-c0-02", "ladder-c1-00", "ladder-c1-01"):  # no report: its whole reservation
         assert by_id[run_id].result is None and by_id[run_id].reason == "no result reported", by_id[run_id]
-        assert by_id[run_id].spent.flops > measured["ladder-01"]
-    hung = batch.read_namespaced_job("trainer-ladder-04", ns)
+        assert by_id[run_id].spent.flops > measured["ladder-c0-01"]
+    hung = batch.read_namespaced_job("trainer-ladder-c1-01", ns)
     assert any(c.reason == "DeadlineExceeded" for c in hung.status.conditions or []), hung.status.conditions
     body = json.dumps(campaign(cp, ns, "trainer"))
     assert "garbage" not in body and "ddddddddd" not in body

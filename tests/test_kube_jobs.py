@@ -61,7 +61,7 @@ def test_cpu_job_manifest() -> None:
     assert labels["app.kubernetes.io/managed-by"] == "flopwise"
     assert labels["app.kubernetes.io/part-of"] == "flopwise"
     assert labels["flopwise.dev/campaign"] == "tiny"
-    assert labels["flopwise.dev/phase"] == "ladder"
+    assert labels["flopwise.dev/phase"] == "round1"  # tuning comes first
     assert labels["flopwise.dev/run"] == record.run_id
     assert job["spec"]["template"]["metadata"]["labels"] == labels
     assert meta["annotations"]["flopwise.dev/run-id"] == record.run_id

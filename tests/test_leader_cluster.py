@@ -136,7 +136,7 @@ def test_only_the_leader_exports_campaign_series_and_a_replica_that_loses_the_le
         b.start()
         cp.wait_for(lambda: _leads(b.metrics_port) is False, timeout=90, what="replica b answers, not leading")
         cp.apply_yaml(yaml.safe_dump(tiny_campaign("led", ns)))
-        phase = ("flopwise_campaign_phase", (("campaign", "led"), ("namespace", ns), ("phase", "Ladder")))
+        phase = ("flopwise_campaign_phase", (("campaign", "led"), ("namespace", ns), ("phase", "Round1")))
         cp.wait_for(lambda: _scrape(a.metrics_port).get(phase) == 1.0, timeout=60, what="the leader exports it")
         leader, follower = _scrape(a.metrics_port), _scrape(b.metrics_port)
         counts = {"leader": _campaign_series(leader), "follower": _campaign_series(follower)}

@@ -131,11 +131,11 @@ def test_a_finished_campaign_is_exposed_with_the_values_of_its_status(history) -
     ledger, law, plan = final.ledger, final.law, final.plan
     assert {p: value("flopwise_campaign_phase", phase=p, **c) for p in metrics.PHASES} == \
         {p: float(p == "Succeeded") for p in metrics.PHASES}
-    assert value("flopwise_budget_flops", **c) == ledger.budget_flops == 6e10
+    assert value("flopwise_budget_flops", **c) == ledger.budget_flops == 1.2e11
     assert value("flopwise_budget_spent_flops", **c) == ledger.spent_flops > 0
     assert value("flopwise_budget_reserved_flops", **c) == 0.0
     assert math.isclose(value("flopwise_budget_spent_gpu_seconds", **c), ledger.spent_gpu_hours * 3600)
-    assert math.isclose(value("flopwise_budget_gpu_seconds", **c), 6e10 / (1e10 * 0.2))  # budget at planned MFU
+    assert math.isclose(value("flopwise_budget_gpu_seconds", **c), 1.2e11 / (1e10 * 0.2))  # budget at planned MFU
     assert value("flopwise_budget_dollars", **c) == plan.budget_usd > 0  # FLOP limit, priced
     assert value("flopwise_budget_spent_dollars", **c) == ledger.spent_usd > 0
     assert value("flopwise_budget_forecast_dollars", **c) == ledger.forecast_usd

@@ -128,11 +128,11 @@ def test_a_real_prometheus_scrapes_the_operator_and_answers_every_dashboard_quer
         c = f'campaign="tiny",namespace="{ns}"'
         # Nothing finishes until the node plays: Prometheus sees the campaign running, with nothing spent.
         cp.wait_for(lambda: prometheus.query(f'flopwise_runs{{{c},state="running"}} > 0 and on (namespace, campaign) '
-                                             f'flopwise_campaign_phase{{{c},phase="Ladder"}} == 1'),
+                                             f'flopwise_campaign_phase{{{c},phase="Round1"}} == 1'),
                     timeout=60, what="Prometheus sees the campaign's first runs")
         monkeypatch.setattr(operator_harness, "summary_for", with_mfu)
         node = Node(core, batch, ns)
-        failing = {"ladder-01"}  # its first Pod exits 1 with no result: the engine retries it as ladder-01-a1
+        failing = {"ladder-c0-01"}  # its first Pod exits 1 with no result: the engine retries it as ladder-c0-01-a1
 
         def between() -> None:
             for pod in core.list_namespaced_pod(ns, label_selector=MANAGED).items:
@@ -143,7 +143,7 @@ def test_a_real_prometheus_scrapes_the_operator_and_answers_every_dashboard_quer
 
         status = drive(cp, node, ns, "tiny", timeout=600, between=between, skip=failing)
         check_finished(status, doc["spec"]["budget"]["flops"])
-        assert not failing and next(r for r in status.runs if r.run_id == "ladder-01").state == "Failed"
+        assert not failing and next(r for r in status.runs if r.run_id == "ladder-c0-01").state == "Failed"
 
         # A real scrape of the running operator passes promtool, and says what the status says.
         finished = f'flopwise_campaign_phase{{campaign="tiny",namespace="{ns}",phase="Succeeded"}} 1.0'

@@ -97,7 +97,7 @@ def test_campaign_launches_jobs_then_runs_to_success(crd, operator, apis) -> Non
                        what="the first two Jobs")
     TIMINGS["apply_to_first_jobs_s"] = time.monotonic() - t0
     status = status_of(cp, ns, "tiny")
-    assert status.phase == "Ladder" and status.plan is not None and len(status.plan.ladder.runs) >= 5
+    assert status.phase == "Round1" and status.plan is not None and len(status.plan.ladder.runs) >= 5
     running = {r.run_id for r in status.runs if r.state == "Running"}
     assert len(running) == 2  # maxConcurrentGpus 2, one GPU each
     assert status.observed_generation == 1
@@ -113,7 +113,7 @@ def test_campaign_launches_jobs_then_runs_to_success(crd, operator, apis) -> Non
                                             "blockOwnerDeletion": True}]
         assert meta["labels"]["app.kubernetes.io/name"] == "flopwise-trainer"
         role = next(r.role for r in status.runs if r.run_id == run_id)
-        assert role in ("ladder", "seed")  # the Ladder phase: sizes, and seed replicas of the smallest
+        assert role == "round1"  # tuning comes first: the ladder trains at the learning rate it decides
         assert meta["labels"]["flopwise.dev/campaign"] == "tiny" and meta["labels"]["flopwise.dev/phase"] == role
         assert meta["labels"]["flopwise.dev/run"] == run_id
         assert spec["backoffLimit"] == 0 and spec["activeDeadlineSeconds"] >= 600
@@ -180,9 +180,9 @@ def test_operator_killed_at_random_moments_loses_nothing_and_duplicates_nothing(
     node = Node(core, batch, ns)
     next_kill = [time.monotonic() + rng.uniform(0.5, 3.0)]
     deleted: list[str] = []
-    victim = {"ladder-02"}  # its first Pod never reports: its Job is deleted by hand while it runs
-    garbled = {"ladder-03"}  # its first Pod terminates with exit code 1 and a garbled message
-    unlaunched = {"ladder-04"}  # while the operator is down, its Job and ConfigMap are removed: as if the operator
+    victim = {"ladder-c0-02"}  # its first Pod never reports: its Job is deleted by hand while it runs
+    garbled = {"ladder-c1-00"}  # its first Pod terminates with exit code 1 and a garbled message
+    unlaunched = {"ladder-c1-01"}  # while the operator is down, its Job and ConfigMap are removed: as if the operator
     # had died after persisting the status and before launching (the engine must see it absent, not lost)
     skip = victim | garbled | unlaunched  # the node leaves these first Pods alone (emptied as they are dealt with)
 
@@ -202,7 +202,7 @@ def test_operator_killed_at_random_moments_loses_nothing_and_duplicates_nothing(
             next_kill[0] = time.monotonic() + rng.uniform(0.5, 2.5)
         for pod in core.list_namespaced_pod(ns, label_selector=MANAGED).items:
             if pod.metadata.annotations[RUN_ID] in garbled and pod.status.phase == "Pending":
-                node.finish(pod, '{"runId": "ladder-03", "status": "succ', exit_code=1)
+                node.finish(pod, '{"runId": "ladder-c1-00", "status": "succ', exit_code=1)
                 skip.difference_update(garbled)
                 garbled.clear()
         if not deleted:  # delete one Job by hand while it runs: the engine relaunches it once
@@ -234,23 +234,23 @@ def test_operator_killed_at_random_moments_loses_nothing_and_duplicates_nothing(
     assert deleted, "no Job was deleted by hand"
     lost = next(r for r in status.runs if r.run_id == deleted[0])
     assert lost.state == "Succeeded" and lost.reason.startswith("relaunched after loss")
-    bad = next(r for r in status.runs if r.run_id == "ladder-03")
+    bad = next(r for r in status.runs if r.run_id == "ladder-c1-00")
     assert bad.state == "Failed" and bad.result is None and bad.reason == "no result reported"
     assert bad.spent.flops > 0  # charged its whole reservation
-    retry = next(r for r in status.runs if r.run_id == "ladder-03-a1")
+    retry = next(r for r in status.runs if r.run_id == "ladder-c1-00-a1")
     assert retry.state == "Succeeded" and retry.result is not None
-    relaunched = next(r for r in status.runs if r.run_id == "ladder-04")
+    relaunched = next(r for r in status.runs if r.run_id == "ladder-c1-01")
     assert relaunched.state == "Succeeded" and not relaunched.reason, relaunched.reason  # absent: not a loss
     # At most one Job per run id at any time (names are deterministic), and a second Job only for the run whose
     # Job was deleted by hand; no run ran twice otherwise.
     for run_id, uids in node.job_uids_per_run.items():
-        assert len(uids) == (2 if run_id in (*deleted, "ladder-04") else 1), (run_id, uids)
+        assert len(uids) == (2 if run_id in (*deleted, "ladder-c1-01") else 1), (run_id, uids)
     jobs = node.jobs()
     assert len({j.metadata.name for j in jobs}) == len(jobs)
     assert {j.metadata.annotations[RUN_ID] for j in jobs} == {r.run_id for r in status.runs if r.launched_at}
     # every result the node reported is in the status
     reported = {r.run_id for r in status.runs if r.state == "Succeeded"}
-    assert reported == set(node.job_uids_per_run) - {"ladder-03"}
+    assert reported == set(node.job_uids_per_run) - {"ladder-c1-00"}
     sys.stderr.write(f"\n[operator timings] {TIMINGS} (operator started {operator.starts} times)\n")
 
 

@@ -175,15 +175,15 @@ def test_budget_that_cannot_pay_for_the_new_studies_drops_them_and_says_so() -> 
     """The seed replicas and the second proxy width are planned within their shares or dropped, in words."""
     doc = example("quickstart.yaml")
     doc["spec"]["ladder"]["seeds"] = 16
-    doc["spec"]["budget"]["split"] = {"ladder": 0.03, "round1": 0.002, "round2": 0.2, "final": 0.0}
+    doc["spec"]["budget"]["split"] = {"ladder": 0.06, "round1": 0.005, "round2": 0.2, "final": 0.0}
     plan = plan_campaign(parse_campaign(doc).spec)
     assert any("15 seed replicas" in d for d in plan.dropped), plan.dropped
     assert not [r for r in plan.ladder.runs if r.role == "seed"]
-    assert {r.shape.d_model for r in plan.round1.runs} == {16}
+    assert len({r.shape.d_model for r in plan.round1.runs}) == 1
     assert any("2 proxy widths asked, 1 planned" in d and "transfer check is skipped" in d for d in plan.dropped)
     assert plan.planned_flops <= plan.budget_flops - plan.margin_flops
     doc["spec"]["ladder"]["seeds"] = 3
-    doc["spec"]["budget"]["split"]["round1"] = 0.005  # enough for both widths: nothing dropped
+    doc["spec"]["budget"]["split"]["round1"] = 0.03  # enough for both widths: nothing dropped
     plan = plan_campaign(parse_campaign(doc).spec)
     assert not plan.dropped and len({r.shape.d_model for r in plan.round1.runs}) == 2
     assert len([r for r in plan.ladder.runs if r.role == "seed"]) == 2

@@ -37,7 +37,7 @@ from flopwise.report import plots, write_report
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ALL_PLOTS = ("loss_vs_compute.png", "ladder_curves.png", "round1_sweep.png", "budget_burndown.png",
-             "round2_curves.png", "lr_transfer.png")
+             "round2_curves.png", "lr_transfer.png", "isoflop_profiles.png")
 TRUE_LAW = ScalingLaw(E=1.05, A=21.0, B=24.0, alpha=0.36, beta=0.31)
 OTHER_LAW = ScalingLaw(E=0.8, A=35.0, B=12.0, alpha=0.30, beta=0.27)
 
@@ -75,7 +75,7 @@ def _record(planned: PlannedRun, *, law: ScalingLaw, lr: float, warmup: float, c
         return RunRecord(run_id=planned.run_id, planned_id=planned.run_id, role=planned.role, state="Failed",
                          shape=planned.shape, params=n, tokens=d, batch_size=planned.batch_size, steps=planned.steps,
                          learning_rate=lr, warmup_fraction=warmup, spent=spent, result=result, reason="diverged",
-                         launched_at=launched, finished_at=launched + elapsed / 3)
+                         launched_at=launched, finished_at=launched + elapsed / 3, level=planned.level)
     final = curve[-1].val_loss
     best = min(c.val_loss for c in curve)
     result = RunResult(status="succeeded", tokens=d, steps=planned.steps, flops=planned.flops,
@@ -85,7 +85,7 @@ def _record(planned: PlannedRun, *, law: ScalingLaw, lr: float, warmup: float, c
     return RunRecord(run_id=planned.run_id, planned_id=planned.run_id, role=planned.role, state="Succeeded",
                      shape=planned.shape, params=n, tokens=d, batch_size=planned.batch_size, steps=planned.steps,
                      learning_rate=lr, warmup_fraction=warmup, spent=spent, result=result, launched_at=launched,
-                     finished_at=launched + elapsed)
+                     finished_at=launched + elapsed, level=planned.level)
 
 
 def _fitted(law: ScalingLaw) -> FittedLaw:
@@ -215,9 +215,10 @@ def test_ladder_in_progress_renders_what_exists(spec, plan, tmp_path):
     running.reserved, running.spent = running.spent, Charge()
     status.ledger.reserved_flops = running.reserved.flops
     text = write_report(spec, status, tmp_path, "quickstart").read_text()
-    assert sorted(_links(text)) == ["budget_burndown.png", "ladder_curves.png", "loss_vs_compute.png"]
+    assert sorted(_links(text)) == ["budget_burndown.png", "isoflop_profiles.png", "ladder_curves.png",
+                                    "loss_vs_compute.png"]
     assert "Recommendation: not available yet" in text and f"{plan.target.params:,}" in text
-    assert "Round 1: not available" in text and "| ladder-02 | ladder |" in text and "Running" in text
+    assert "Round 1: not available" in text and f"| {running.run_id} | ladder |" in text and "Running" in text
 
 
 def test_plan_only_status_renders(spec, plan, tmp_path):
@@ -275,8 +276,9 @@ def test_trust_section_shows_transfer_noise_floor_and_partial_check(full_report)
     text = path.read_text(encoding="utf-8")
     assert "## Trust at the target size" in text and "Verdict: **does-not-hold** (sp)" in text
     assert "| 16 | 16,528 (16.5K) | 0.024 | [0.02, 0.029] |" in text  # per-width optimum with its interval
-    assert "N^-0.417 (exponent 95% interval [-0.501, -0.333];" in text and "lr **0.00571** [0.0049, 0.0066]" in text
-    assert "![Best learning rate vs parameters across proxy widths](lr_transfer.png)" in text
+    assert "dModel^-0.417 (exponent 95% interval [-0.501, -0.333];" in text
+    assert "lr **0.00571** [0.0049, 0.0066]" in text
+    assert "![Best learning rate vs width across proxy widths](lr_transfer.png)" in text
     # the noise floor next to the backtest ARE (recommendation table and law section), with its verdict
     assert text.count("0.64% ARE from 3 seeds") >= 2 and "above seed noise" in text
     status.noise_floor.within_noise = True

@@ -96,7 +96,7 @@ def _decay_of(record: RunRecord) -> float | None:
     schedule = record.schedule
     if schedule.kind != "wsd" or not schedule.decay_steps:
         return None
-    return round(schedule.decay_steps / record.steps, 3)
+    return round(schedule.decay_steps / record.steps, 2)  # the fraction the candidate was planned with
 
 
 def _compare(name: str, winner: tuple[float, float], runner_up: tuple[float, float] | None) -> str:
@@ -124,7 +124,7 @@ def choose_round2(records: list[RunRecord], *, default_lr: float, default_warmup
                    "no Round 2 was planned: Round 1's choice stands")
         return Round2Decision(default_lr, default_warmup, default_decay, verdict, None, candidates)
     warmup = scored[0][0].warmup_fraction
-    default = round(default_decay, 3) if schedule == "wsd" else None
+    default = round(default_decay, 2) if schedule == "wsd" else None
     lr_runs = sorted(((r, loss) for r, loss in scored if _decay_of(r) == default), key=lambda x: x[1]) or \
         sorted(scored, key=lambda x: x[1])
     best, best_loss = lr_runs[0]
@@ -132,9 +132,13 @@ def choose_round2(records: list[RunRecord], *, default_lr: float, default_warmup
     parts = ["learning rate " + _compare("lr", (best.learning_rate, best_loss),
                                          (distinct[0][0].learning_rate, distinct[0][1]) if distinct else None)]
     decay = default_decay
-    variants = [(r, loss) for r, loss in scored if abs(math.log(r.learning_rate / best.learning_rate)) <= 1e-6
-                and _decay_of(r) is not None]
-    if schedule == "wsd" and len({_decay_of(r) for r, _ in variants}) > 1:
+    # The cooldown is compared where it was varied (at Round 1's learning rate), and applies at any learning rate.
+    by_lr: dict[float, list[tuple[RunRecord, float]]] = {}
+    for r, loss in scored:
+        if _decay_of(r) is not None:
+            by_lr.setdefault(round(math.log(r.learning_rate), 6), []).append((r, loss))
+    variants = next((v for v in by_lr.values() if len({_decay_of(r) for r, _ in v}) > 1), [])
+    if schedule == "wsd" and variants:
         variants.sort(key=lambda x: x[1])
         winner, loss = variants[0]
         decay = _decay_of(winner) or default_decay

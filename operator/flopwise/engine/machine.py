@@ -50,7 +50,7 @@ from flopwise.planning.plan import PlanError, final_budget, plan_campaign, plan_
 
 ObservedState = Literal["absent", "running", "succeeded", "failed", "lost"]
 TERMINAL = ("Succeeded", "Failed", "Lost")
-CURVE_POINTS = 24
+CURVE_POINTS = 8  # the report draws curves from them; the fit reads only final losses (etcd: status size)
 INTERIM_MIN_POINTS = 6  # a quick fit while the ladder runs needs this many annealed points,
 INTERIM_EVERY = 3  # and is redone every this many new ones
 PARTIAL_NOISE = 0.01  # relative seed noise assumed at the target when no seed replicas measured it
@@ -342,7 +342,7 @@ class _Engine:
         lr = choice.learning_rate * (factor if choice.on_edge == "high" else 1.0 / factor)
         index = sum(1 for r in self.status.runs if r.role == "round1")
         extra = template.model_copy(deep=True, update={
-            "run_id": f"round1-{index:02d}", "planned_id": f"round1-{index:02d}", "group": f"round1-{index:02d}",
+            "run_id": f"round1-{index:02d}", "planned_id": f"round1-{index:02d}", "group": None,
             "attempt": 0, "state": "Pending", "learning_rate": lr, "reserved": Charge(), "spent": Charge(),
             "result": None, "reason": f"grid extended past the {choice.on_edge} edge", "launched_at": None,
             "finished_at": None})
@@ -370,6 +370,13 @@ class _Engine:
         tuning.round2_verdict, tuning.round2_best_fraction = decision.verdict, decision.best_fraction
         tuning.round2_candidates = decision.candidates
         tuning.lr_rule = self._lr_rule()
+        check, plan = tuning.transfer, self.status.plan
+        if check is not None and check.learning_rate and plan is not None:  # what the target will train at
+            target_lr = self._lr_for(plan.target.shape)
+            ratio = target_lr / check.learning_rate
+            check.learning_rate = target_lr
+            check.lr_low = check.lr_low * ratio if check.lr_low else None
+            check.lr_high = check.lr_high * ratio if check.lr_high else None
         self._event("Round2Decided", decision.verdict)
         self._enter("Ladder")
 

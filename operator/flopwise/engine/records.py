@@ -40,7 +40,7 @@ def record(run: PlannedRun, *, lr: float, warmup_fraction: float, schedule_spec:
         warmup_fraction=warmup_fraction, schedule=schedule_spec, seed=seed + run.seed_offset,
         start_step=run.start_step, checkpoints_at=list(run.checkpoints_at), level=run.level,
         resume_from=run.branch_of, resume_step=run.start_step if run.branch_of else None,
-        group=run.branch_of or run.run_id)
+        group=run.branch_of)  # a run alone is its own group (None keeps the status small)
     return RunRecord(**{**fields, **extra})
 
 
