@@ -160,13 +160,18 @@ class Trainer:
         lora = self.spec.lora
         if lora is None or not lora.fast_forward:
             return None
-        x, y = self.batches.tiny_set(lora.ff_val_examples)
-        tiny_tokens = x.numel()
+        try:
+            x, y = self.batches.tiny_set(lora.ff_val_examples, self.spec.eval.batches)
+        except ValueError as e:
+            raise RunError("failed", f"fast forward: {e}") from e
 
         def tiny_loss() -> float:
-            self.ff_flops += tiny_tokens * self.forward_fpt
-            return self._mean_loss([(x[i:i + self.micro], y[i:i + self.micro]) for i in range(0, len(x), self.micro)],
-                                   reduce=False)
+            # Each rank runs its share; the loss and the count of tokens run are summed over all ranks, so every
+            # rank takes the same accept/stop decision and the FLOPs are those of the passes that ran.
+            loss, tokens = self._loss_and_tokens(
+                [(x[i:i + self.micro], y[i:i + self.micro]) for i in range(0, len(x), self.micro)])
+            self.ff_flops += tokens * self.forward_fpt
+            return loss
 
         return FastForward(lora_parameters(self.model), tiny_loss, interval=lora.ff_interval, burn_in=lora.ff_burn_in)
 
@@ -325,8 +330,12 @@ class Trainer:
             self.optimizer.step()
         return value
 
+    def _mean_loss(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        return self._loss_and_tokens(batches)[0]
+
     @torch.no_grad()
-    def _mean_loss(self, batches: list[tuple[torch.Tensor, torch.Tensor]], reduce: bool = True) -> float:
+    def _loss_and_tokens(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, int]:
+        """Mean loss over every rank's ``batches`` and the number of tokens all ranks ran (identical on all ranks)."""
         was_training = self.model.training
         self.model.eval()
         total = torch.zeros(2, device=self.device, dtype=torch.float64)
@@ -336,9 +345,8 @@ class Trainer:
             total[0] += loss.double() * y.numel()
             total[1] += y.numel()
         self.model.train(was_training)
-        if reduce:
-            total = distributed.all_reduce_sum(total, self.info)
-        return float(total[0] / total[1])
+        total = distributed.all_reduce_sum(total, self.info)
+        return float(total[0] / total[1]), int(total[1])
 
     def evaluate(self) -> EvalPoint:
         spec = self.spec
