@@ -3,7 +3,8 @@
 Pre-trains a small model on the standard library's top-level modules, then LoRA-fine-tunes it on a shifted
 distribution (a different part of the library, by default ``encodings/*``) twice with the same spec: plain
 AdamW, and AdamW with Fast Forward stages. Reports the FLOPs each needs to reach plain AdamW's final loss on
-the tiny set (Fast Forward's own 32 examples) and on the held-out validation split. Fast Forward's FLOPs
+the tiny set (Fast Forward's own 32 held-out examples) and on the evaluation windows of the validation split
+(which the tiny set never overlaps). Fast Forward's FLOPs
 include every extra forward pass of its line searches; the benchmark's own measurements are not counted.
 
     .venv/bin/python benchmarks/fast_forward_bench.py [--steps 100] [--lr 1e-3] [--threads 1]
@@ -27,7 +28,7 @@ from flopwise_trainer.train import Trainer, execute
 def curve(spec: RunSpec) -> list[tuple[int, float, float, float]]:
     """(step, FLOPs, tiny-set loss, held-out loss) after every optimiser step (and its Fast Forward stage)."""
     trainer = Trainer(spec, DistInfo(), torch.device("cpu"))
-    x, y = trainer.batches.tiny_set(spec.lora.ff_val_examples)
+    x, y = trainer.batches.tiny_set(spec.lora.ff_val_examples, spec.eval.batches)
     tiny = [(x[i:i + 32], y[i:i + 32]) for i in range(0, len(x), 32)]
     val = trainer.batches.val_batches(spec.eval.batches, 32)
     points = []

@@ -66,6 +66,37 @@ def test_ranks_take_disjoint_slices_of_one_global_batch(tmp_path) -> None:
         Batches(tmp_path, seq_len=16, batch_size=8, seed=0, vocab_size=128, device=cpu)
 
 
+def test_fast_forward_tiny_set_is_held_out_and_never_read_by_evaluation(tmp_path) -> None:
+    """Every token is its own position (train 0..29999, validation 30000..35999 in three shards), so a window's
+    tokens say exactly where it was read: the tiny set must lie in the validation split and share no token with
+    the windows evaluation reads; under DDP the ranks split it without loss or overlap."""
+    n_train, n_val = 30_000, 6_000
+    write_shards(np.arange(n_train + n_val), tmp_path, vocab_size=n_train + n_val, val_fraction=n_val / 36_000,
+                 shard_tokens=2_000)
+    cpu = torch.device("cpu")
+
+    def batches(seed: int = 0, rank: int = 0, world: int = 1) -> Batches:
+        return Batches(tmp_path, seq_len=32, batch_size=8, seed=seed, vocab_size=n_train + n_val, device=cpu,
+                       rank=rank, world_size=world)
+
+    x, y = batches().tiny_set(32, eval_batches=4)
+    assert x.shape == y.shape == (32, 32) and torch.equal(x[:, 1:], y[:, :-1])
+    windows = torch.cat([x, y[:, -1:]], dim=1)
+    assert int(windows.min()) >= n_train  # held out: validation split only
+    assert torch.equal(windows[:, 1:] - windows[:, :-1], torch.ones(32, 32, dtype=windows.dtype))  # inside a shard
+    read_by_eval = {int(t) for xb, yb in batches().val_batches(4, 8) for t in torch.cat([xb, yb[:, -1:]], 1).flatten()}
+    assert len(read_by_eval) > 1_000 and read_by_eval.isdisjoint(int(t) for t in windows.flatten())
+    assert len({int(w[0]) for w in windows}) == 32  # 32 different windows, spread over the split
+    assert int(windows[:, 0].max() - windows[:, 0].min()) > n_val // 2
+    assert torch.equal(batches(seed=9).tiny_set(32, eval_batches=4)[0], x)  # the same text for every run
+    shares = [batches(rank=r, world=2).tiny_set(32, eval_batches=4)[0] for r in range(2)]
+    assert [len(s) for s in shares] == [16, 16]
+    assert sorted(map(tuple, torch.cat(shares).tolist())) == sorted(map(tuple, x.tolist()))
+    # Evaluation that reads (almost) the whole split leaves no room: a clear error, not an overlap.
+    with pytest.raises(ValueError, match="tiny set needs 32"):
+        batches().tiny_set(32, eval_batches=24)
+
+
 def test_open_dataset_rejects_missing_and_truncated(tmp_path) -> None:
     with pytest.raises(FileNotFoundError):
         open_dataset(tmp_path / "nope")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,3 +107,73 @@ def test_missing_base_checkpoint_fails_cleanly(tmp_path: Path) -> None:
         "lora": {"baseCheckpoint": str(tmp_path / "nope")}})
     summary = execute(spec)
     assert summary.status == "failed" and summary.exit_reason.startswith("base checkpoint")
+
+
+DDP_PROBE = """
+import json, sys
+import torch
+import torch.distributed as dist
+from flopwise.contract import RunSpec
+from flopwise_trainer import distributed
+from flopwise_trainer.lora import lora_parameters
+from flopwise_trainer.train import Trainer
+
+torch.set_num_threads(1)
+spec = RunSpec.model_validate_json(open(sys.argv[1]).read())
+with distributed.session("cpu") as (info, device):
+    trainer = Trainer(spec, info, device)
+    ff = trainer.fast_forward
+    ran = {"tokens": 0, "tiny": False}  # tokens this rank really forwards inside Fast Forward's tiny-set passes
+    forward, tiny_loss = trainer.model.forward, ff.tiny_loss
+
+    def counting_forward(x, *args, **kwargs):
+        ran["tokens"] += x.numel() if ran["tiny"] else 0
+        return forward(x, *args, **kwargs)
+
+    def watched_tiny_loss():
+        ran["tiny"] = True
+        try:
+            return tiny_loss()
+        finally:
+            ran["tiny"] = False
+
+    trainer.model.forward, ff.tiny_loss = counting_forward, watched_tiny_loss
+    trainer.run()
+    work = torch.tensor([float(ran["tokens"])], dtype=torch.float64)
+    dist.all_reduce(work)
+    params = torch.cat([p.detach().flatten() for p in lora_parameters(trainer.model)])
+    every = [torch.empty_like(params) for _ in range(info.world_size)]
+    dist.all_gather(every, params)
+    stages = [None] * info.world_size
+    dist.all_gather_object(stages, [(s.step, s.accepted, s.start_loss, s.end_loss) for s in ff.stages])
+    if info.is_main:
+        json.dump({"world": info.world_size, "rank_tokens": ran["tokens"], "tokens_run": work.item(),
+                   "ff_flops": trainer.ff_flops, "forward_fpt": trainer.forward_fpt, "evaluations": ff.evaluations,
+                   "params_alike": all(torch.equal(p, every[0]) for p in every), "stages": stages},
+                  open(sys.argv[2], "w"))
+"""
+
+
+def test_fast_forward_under_ddp_shards_the_tiny_set_and_counts_what_ran(pretrained, tmp_path: Path) -> None:
+    """Two gloo ranks: each runs half of the tiny set per pass, the FLOPs counted are exactly the passes all
+    ranks ran together, and both ranks take the same accept/stop decisions (their adapters stay identical)."""
+    base, data, _ = pretrained
+    spec = RunSpec.model_validate({
+        "runId": "ft-ddp", "shape": SHAPE, "tokens": 12 * 32 * 64, "batchSize": 32,
+        "optimizer": {"lr": 1e-3, "weightDecay": 0.0}, "schedule": {"kind": "constant"},
+        "eval": {"logPoints": 0, "batches": 2}, "dataPath": str(data), "outputDir": str(tmp_path / "out"),
+        "device": "cpu", "lora": {"baseCheckpoint": str(base), "rank": 8, "alpha": 16, "fastForward": True}})
+    (tmp_path / "spec.json").write_text(spec.model_dump_json(by_alias=True))
+    (tmp_path / "probe.py").write_text(DDP_PROBE)
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    done = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(tmp_path / "probe.py"),
+                           str(tmp_path / "spec.json"), str(tmp_path / "probe.json")],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    probe = json.loads((tmp_path / "probe.json").read_text())
+    tiny_set_tokens = 32 * 64  # ffValExamples windows of seqLen tokens
+    assert probe["world"] == 2 and probe["evaluations"] > 2
+    assert probe["tokens_run"] == probe["evaluations"] * tiny_set_tokens  # one tiny set per pass, over all ranks
+    assert probe["rank_tokens"] == probe["tokens_run"] / 2  # … each rank ran half of it
+    assert probe["ff_flops"] == pytest.approx(probe["tokens_run"] * probe["forward_fpt"])  # counted = ran
+    assert probe["params_alike"] and probe["stages"][0] == probe["stages"][1] and len(probe["stages"][0]) == 2

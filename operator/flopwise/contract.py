@@ -211,6 +211,28 @@ class LoraSpec(_Strict):
     ff_val_examples: int = Field(default=32, ge=1, alias="ffValExamples")
 
 
+STEP_CHECKPOINT_PATTERN = "checkpoint-step-{step:08d}.pt"
+"""A named checkpoint (``saveCheckpointsAt``): the run's full resumable state at that step, in its output folder."""
+MAX_SAVED_CHECKPOINTS = 64
+
+
+def step_checkpoint_name(step: int) -> str:
+    """File name of the named checkpoint at ``step``, e.g. ``checkpoint-step-00000120.pt``."""
+    return STEP_CHECKPOINT_PATTERN.format(step=step)
+
+
+def schedule_mismatch(step_count: int, base_lr: float, first: tuple[int, ScheduleSpec],
+                      second: tuple[int, ScheduleSpec], rel_tol: float = 1e-9) -> tuple[int, float, float] | None:
+    """The first optimiser step in [0, step_count) at which two schedules (each ``(total_steps, schedule)``) give
+    different learning rates, with both rates; None when they agree on all of them. A branch resumed at step s
+    follows its parent's trajectory exactly iff this is None for ``step_count = s``."""
+    for step in range(step_count):
+        a, b = lr_at(step, first[0], base_lr, first[1]), lr_at(step, second[0], base_lr, second[1])
+        if not math.isclose(a, b, rel_tol=rel_tol, abs_tol=0.0):
+            return step, a, b
+    return None
+
+
 class RunSpec(_Strict):
     """One training run, as the planner emits it and the trainer consumes it (JSON/YAML file or env)."""
 
@@ -243,7 +265,18 @@ class RunSpec(_Strict):
         default=None, alias="resumeFrom", max_length=4096,
         description="output folder of an earlier leg of this run (same spec but run id and legs): its checkpoint is "
                     "continued when this run has none of its own; the summary then counts this leg's tokens and "
-                    "FLOPs only")
+                    "FLOPs only. With ``resumeStep``: the folder of the run this one branches from")
+    save_checkpoints_at: list[int] = Field(
+        default_factory=list, alias="saveCheckpointsAt",
+        description=f"steps at which to keep a copy of the full resumable state as "
+                    f"``{STEP_CHECKPOINT_PATTERN}`` in the output folder (never overwritten by later steps): "
+                    f"the points other runs branch from (at most {MAX_SAVED_CHECKPOINTS})")
+    resume_step: int | None = Field(
+        default=None, ge=1, alias="resumeStep",
+        description="branch: when this run has no checkpoint of its own, start from ``resumeFrom``'s checkpoint "
+                    "saved at this step and continue on this run's own schedule and length. Refused unless the "
+                    "parent's spec matches (all but run id, tokens, schedule, eval and checkpoint/leg fields) and "
+                    "both schedules give the same learning rate at every step before this one")
 
     resume_step: int | None = Field(
         default=None, ge=1, alias="resumeStep",
@@ -254,9 +287,29 @@ class RunSpec(_Strict):
         description="steps at which to keep a checkpoint for branches (checkpoint-step-XXXXXXXX.pt)")
 
     @model_validator(mode="after")
-    def _stop_inside_the_run(self) -> RunSpec:
-        if self.stop_at_step is not None and self.stop_at_step > self.total_steps:
-            raise ValueError(f"stopAtStep ({self.stop_at_step}) is past the run's {self.total_steps} steps")
+    def _steps_inside_the_run(self) -> RunSpec:
+        total = self.total_steps
+        if self.stop_at_step is not None and self.stop_at_step > total:
+            raise ValueError(f"stopAtStep ({self.stop_at_step}) is past the run's {total} steps")
+        if len(self.save_checkpoints_at) > MAX_SAVED_CHECKPOINTS:
+            raise ValueError(f"saveCheckpointsAt lists {len(self.save_checkpoints_at)} steps; at most "
+                             f"{MAX_SAVED_CHECKPOINTS} are kept (each is a full copy of model and optimiser)")
+        outside = [s for s in self.save_checkpoints_at if not 1 <= s <= total]
+        if outside:
+            raise ValueError(f"saveCheckpointsAt: step(s) {outside} outside the run's steps 1..{total}")
+        if self.resume_step is not None:
+            if self.resume_from is None:
+                raise ValueError(f"resumeStep ({self.resume_step}) needs resumeFrom: the output folder of the run "
+                                 f"whose {step_checkpoint_name(self.resume_step)} this run branches from")
+            if self.resume_step >= total:
+                raise ValueError(f"resumeStep ({self.resume_step}) must be before the run's last step ({total}): "
+                                 "a branch trains at least one step of its own")
+            if self.stop_at_step is not None and self.stop_at_step <= self.resume_step:
+                raise ValueError(f"stopAtStep ({self.stop_at_step}) must be after resumeStep ({self.resume_step})")
+            early = [s for s in self.save_checkpoints_at if s <= self.resume_step]
+            if early:
+                raise ValueError(f"saveCheckpointsAt: step(s) {early} not after resumeStep ({self.resume_step}); "
+                                 "a branch never trains them (take them from the parent run)")
         return self
 
     @property

@@ -97,10 +97,21 @@ class TokenSplit:
 
     def evenly_spaced(self, n: int, width: int) -> np.ndarray:
         """``n`` windows spread evenly over the split (no randomness: the same text for every run)."""
-        usable = self._usable(width)
-        total = int(usable.sum())
-        starts = np.linspace(0, total - 1, num=n).astype(np.int64) if n > 1 else np.zeros(1, dtype=np.int64)
-        return self._gather(starts, usable, width)
+        return self.windows_at(self.evenly_spaced_starts(n, width), width)
+
+    def usable_starts(self, width: int) -> int:
+        """How many windows of ``width`` tokens fit inside one shard: the start index that ``windows_at`` takes
+        runs over [0, this), shard after shard, and two starts in one shard are as far apart as their index."""
+        return int(self._usable(width).sum())
+
+    def evenly_spaced_starts(self, n: int, width: int) -> np.ndarray:
+        """The start indices ``evenly_spaced`` reads (so that other windows can be chosen to avoid them)."""
+        total = self.usable_starts(width)
+        return np.linspace(0, total - 1, num=n).astype(np.int64) if n > 1 else np.zeros(1, dtype=np.int64)
+
+    def windows_at(self, starts: np.ndarray, width: int) -> np.ndarray:
+        """The windows of ``width`` tokens at these start indices (see ``usable_starts``)."""
+        return self._gather(np.asarray(starts, dtype=np.int64), self._usable(width), width)
 
     def _gather(self, starts: np.ndarray, usable: np.ndarray, width: int) -> np.ndarray:
         bounds = np.cumsum(usable)

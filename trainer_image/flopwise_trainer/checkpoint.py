@@ -2,7 +2,8 @@
 
 A pod killed mid-write leaves the previous checkpoint intact; the trainer resumes from whatever
 ``checkpoint.pt`` names, and because data sampling is a pure function of (seed, step) the saved step is the
-whole data position.
+whole data position. Named checkpoints (``step_checkpoint_name``: ``checkpoint-step-00000120.pt``) are the
+same state kept at the steps a spec's ``saveCheckpointsAt`` lists, for branches to start from.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from typing import Any
 
 import torch
 
+from flopwise.contract import step_checkpoint_name
+
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
+__all__ = ["BEST", "CHECKPOINT", "load", "resolve_model_checkpoint", "save_atomic", "step_checkpoint_name"]
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:

@@ -3,6 +3,10 @@
 Every step's global batch is drawn from a generator seeded by (seed, step) alone, and rank r of W takes the
 r-th contiguous slice of it: the tokens a step trains on depend neither on the world size nor on how the
 batch is split into micro-batches, and a resumed run replays exactly the windows it would have seen.
+
+Evaluation reads fixed, evenly spaced windows of the validation split. Fast Forward's tiny set is held out too:
+validation windows chosen in the gaps between those evaluation windows (at least a window's width from each),
+so the line search never tunes on the text the run's reported losses are measured on.
 """
 
 from __future__ import annotations
@@ -12,9 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flopwise.data import VAL_SEED, TokenDataset, open_dataset, step_rng
-
-FF_STREAM = 7  # generator stream for Fast Forward's tiny set: never the stream training steps use (0)
+from flopwise.data import TokenDataset, open_dataset, step_rng
 
 
 class Batches:
@@ -48,7 +50,35 @@ class Batches:
         mine = windows[self.rank::self.world_size]
         return [self._to_device(mine[i:i + batch]) for i in range(0, len(mine), batch)]
 
-    def tiny_set(self, examples: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fast Forward's tiny set: fixed training-split windows, drawn off the training stream's generator."""
-        windows = self.dataset.train.sample(examples, self.seq_len + 1, np.random.default_rng([VAL_SEED, FF_STREAM]))
-        return self._to_device(windows)
+    def tiny_set(self, examples: int, eval_batches: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's share of Fast Forward's tiny set: ``examples`` held-out windows (Rahamim et al. 2024 draw
+        it from validation data) that the run's evaluation, ``val_batches(eval_batches, ·)``, never reads. The
+        ranks split it as they split evaluation, so one pass over all ranks runs the set exactly once."""
+        width = self.seq_len + 1
+        val = self.dataset.val
+        starts = held_out_starts(val.usable_starts(width), val.evenly_spaced_starts(eval_batches * self.batch_size,
+                                                                                     width), examples, width)
+        return self._to_device(val.windows_at(starts, width)[self.rank::self.world_size])
+
+
+def held_out_starts(total: int, avoid: np.ndarray, examples: int, width: int) -> np.ndarray:
+    """``examples`` window starts in [0, ``total``) spread evenly over the positions whose window of ``width``
+    tokens shares no token with a window starting at any of ``avoid``: at least ``width`` away from each.
+
+    Starts index windows shard after shard (``TokenSplit.usable_starts``); within a shard index distance is token
+    distance, and windows in different shards never overlap, so index distance ≥ width is sufficient."""
+    avoid = np.unique(np.asarray(avoid, dtype=np.int64))
+    blocked_lo, blocked_hi = np.maximum(avoid - width + 1, 0), np.minimum(avoid + width - 1, total - 1)
+    # Free runs [start, end) lie between consecutive blocked ranges (both ends are non-decreasing, so an empty
+    # or negative run means the blocked ranges touch or overlap).
+    run_start = np.concatenate([[0], blocked_hi + 1])
+    run_length = np.maximum(np.concatenate([blocked_lo, [total]]) - run_start, 0)
+    free = int(run_length.sum())
+    if free < examples:
+        raise ValueError(f"the validation split has room for only {free} windows of {width} tokens beside the "
+                         f"{avoid.size} that evaluation reads, and Fast Forward's tiny set needs {examples}: use a "
+                         "larger validation split, fewer eval.batches or fewer lora.ffValExamples")
+    position = ((np.arange(examples) + 0.5) * free / examples).astype(np.int64)  # evenly over the free starts
+    ends = np.cumsum(run_length)
+    run = np.searchsorted(ends, position, side="right")
+    return run_start[run] + position - (ends[run] - run_length[run])

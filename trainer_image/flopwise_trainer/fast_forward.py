@@ -4,6 +4,10 @@ After a burn-in, every ``interval`` optimiser steps the last update of the adapt
 ΔW = W_t − W_{t−1}, is added again and again while the loss on a tiny fixed set keeps falling; the step that
 made it worse is rolled back (the paper's code keeps it; rolling back is the sound choice), then Adam
 resumes with its state untouched. Each tiny-set evaluation is a forward pass whose FLOPs the caller counts.
+
+The tiny set is held-out validation text that evaluation never reads (``data.Batches.tiny_set``). Under DDP the
+ranks split it and the caller sums the loss over ranks, so every rank sees the same loss, takes the same
+accept/stop decision and keeps identical adapters, and the passes are counted once because they ran once.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import torch
 
 from flopwise.contract import CurvePoint, EvalSpec, ModelShape, MupSpec, RunSpec, RunStatus, RunSummary, lr_at
 from flopwise_trainer import checkpoint as ckpt
-from flopwise_trainer import distributed
+from flopwise_trainer import distributed, lineage
 from flopwise_trainer.data import Batches
 from flopwise_trainer.fast_forward import FastForward
 from flopwise_trainer.hardware import device_name, peak_flops
@@ -73,14 +73,6 @@ def eval_steps(total_steps: int, spec: EvalSpec) -> list[int]:
     return sorted(p for p in points if 1 <= p <= total_steps)
 
 
-def spec_fingerprint(spec: RunSpec, *, any_leg: bool = False) -> dict:
-    """The fields that define a run's trajectory: a checkpoint may only be resumed by the same run (where it
-    stops does not change the trajectory). ``any_leg`` also drops the run id: a continuation of another leg."""
-    exclude = {"output_dir", "device", "compile", "peak_flops", "micro_batch_size", "campaign", "role",
-               "stop_at_step", "resume_from"} | ({"run_id"} if any_leg else set())
-    return spec.model_dump(mode="json", exclude=exclude)
-
-
 class Trainer:
     """Holds one run's state; ``run()`` trains to the end or raises ``RunError``."""
 
@@ -126,6 +118,7 @@ class Trainer:
         self.total_steps = spec.total_steps
         self.stop_step = spec.stop_at_step or self.total_steps  # a partial leg ends early, on the full schedule
         self.eval_at = set(eval_steps(self.total_steps, spec.eval)) | {self.stop_step}
+        self.save_at = set(spec.save_checkpoints_at)  # named checkpoints: the points branches start from
 
         self.fast_forward = self._build_fast_forward()
         # Mutable run state (all of it goes into the checkpoint).
@@ -167,13 +160,18 @@ class Trainer:
         lora = self.spec.lora
         if lora is None or not lora.fast_forward:
             return None
-        x, y = self.batches.tiny_set(lora.ff_val_examples)
-        tiny_tokens = x.numel()
+        try:
+            x, y = self.batches.tiny_set(lora.ff_val_examples, self.spec.eval.batches)
+        except ValueError as e:
+            raise RunError("failed", f"fast forward: {e}") from e
 
         def tiny_loss() -> float:
-            self.ff_flops += tiny_tokens * self.forward_fpt
-            return self._mean_loss([(x[i:i + self.micro], y[i:i + self.micro]) for i in range(0, len(x), self.micro)],
-                                   reduce=False)
+            # Each rank runs its share; the loss and the count of tokens run are summed over all ranks, so every
+            # rank takes the same accept/stop decision and the FLOPs are those of the passes that ran.
+            loss, tokens = self._loss_and_tokens(
+                [(x[i:i + self.micro], y[i:i + self.micro]) for i in range(0, len(x), self.micro)])
+            self.ff_flops += tokens * self.forward_fpt
+            return loss
 
         return FastForward(lora_parameters(self.model), tiny_loss, interval=lora.ff_interval, burn_in=lora.ff_burn_in)
 
@@ -181,7 +179,10 @@ class Trainer:
     def _state(self) -> dict:
         ff = self.fast_forward
         return {
-            "version": 1, "fingerprint": spec_fingerprint(self.spec), "step": self.step,
+            "version": 1, "fingerprint": lineage.spec_fingerprint(self.spec), "step": self.step,
+            # What a branch compares its own schedule against (also inside the fingerprint, stated plainly).
+            "total_steps": self.total_steps, "lr": self.spec.optimizer.lr,
+            "schedule": self.spec.schedule.model_dump(mode="json"),
             "shape": self.spec.shape.model_dump(mode="json"), "mup": self._model_mup().model_dump(mode="json"),
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "history": [asdict(p) for p in self.history], "best": asdict(self.best) if self.best else None,
@@ -198,27 +199,24 @@ class Trainer:
     def _model_mup(self) -> MupSpec:
         return self.model.mup
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, name: str = ckpt.CHECKPOINT) -> None:
         if self.info.is_main:
-            ckpt.save_atomic(self._state(), self.out / ckpt.CHECKPOINT)
+            ckpt.save_atomic(self._state(), self.out / name)
         distributed.barrier(self.info)
 
     def _resume(self) -> None:
-        path = self.out / ckpt.CHECKPOINT
-        foreign = not path.is_file() and self.spec.resume_from is not None
-        if foreign:  # this run continues an earlier leg: its checkpoint must exist (never train from scratch)
-            path = Path(self.spec.resume_from) / ckpt.CHECKPOINT
-            if not path.is_file():
-                raise RunError("failed", f"no checkpoint of the earlier leg at {path}: cannot continue the run")
-        if not path.is_file():
+        """Continue this run's own checkpoint, an earlier leg's or a parent's named one (see ``lineage``)."""
+        try:
+            source = lineage.resume_source(self.spec, self.out)
+        except FileNotFoundError as e:
+            raise RunError("failed", str(e)) from e
+        if source is None:
             return
+        path, kind = source
         state = ckpt.load(path, map_location=self.device)
-        ours = spec_fingerprint(self.spec, any_leg=foreign)
-        theirs = state.get("fingerprint")
-        if foreign and isinstance(theirs, dict):
-            theirs = {k: v for k, v in theirs.items() if k != "run_id"}
-        if theirs != ours:
-            raise RunError("failed", f"{path} belongs to a different run spec; refusing to resume or overwrite it")
+        reason = lineage.incompatibility(self.spec, state, path, kind)
+        if reason:
+            raise RunError("failed", reason)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         # The spec's LR multipliers are authoritative; the saved groups hold the same ones.
@@ -236,9 +234,12 @@ class Trainer:
             self.fast_forward.stages = [StageReport(**s) for s in state["ff"]["stages"]]
         self.resumed_from = [*state["resumed_from"], self.step]
         self.inherited_steps, self.inherited_flops = state.get("inherited", [0, 0.0])
-        if foreign:  # this leg reports what it trains itself: the earlier leg was charged for its part
+        if kind != "own":  # this leg reports what it trains itself: the earlier leg was charged for its part
             self.inherited_steps, self.inherited_flops = self.step, self.train_flops()
             self.train_time = self.prior_elapsed = self.eval_flops = 0.0
+        if kind == "branch":  # its curve is its own evaluations (the parent's used the parent's eval settings)
+            self.history, self.best = [], None
+            self.loss_sum, self.loss_count = 0.0, 0
         torch.set_rng_state(state["rng"]["torch"].cpu())
         if state["rng"]["cuda"] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -268,6 +269,8 @@ class Trainer:
             due = self.step % every == 0 if every else self.step in self.eval_at
             if due or self.step == self.stop_step:
                 self.save_checkpoint()
+            if self.step in self.save_at:
+                self.save_checkpoint(ckpt.step_checkpoint_name(self.step))
 
     def advance(self, step: int) -> float:
         """Optimiser step ``step`` (0-based), then a Fast Forward stage if one is due; returns the train loss."""
@@ -327,8 +330,12 @@ class Trainer:
             self.optimizer.step()
         return value
 
+    def _mean_loss(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        return self._loss_and_tokens(batches)[0]
+
     @torch.no_grad()
-    def _mean_loss(self, batches: list[tuple[torch.Tensor, torch.Tensor]], reduce: bool = True) -> float:
+    def _loss_and_tokens(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, int]:
+        """Mean loss over every rank's ``batches`` and the number of tokens all ranks ran (identical on all ranks)."""
         was_training = self.model.training
         self.model.eval()
         total = torch.zeros(2, device=self.device, dtype=torch.float64)
@@ -338,9 +345,8 @@ class Trainer:
             total[0] += loss.double() * y.numel()
             total[1] += y.numel()
         self.model.train(was_training)
-        if reduce:
-            total = distributed.all_reduce_sum(total, self.info)
-        return float(total[0] / total[1])
+        total = distributed.all_reduce_sum(total, self.info)
+        return float(total[0] / total[1]), int(total[1])
 
     def evaluate(self) -> EvalPoint:
         spec = self.spec
