@@ -278,14 +278,6 @@ class RunSpec(_Strict):
                     "parent's spec matches (all but run id, tokens, schedule, eval and checkpoint/leg fields) and "
                     "both schedules give the same learning rate at every step before this one")
 
-    resume_step: int | None = Field(
-        default=None, ge=1, alias="resumeStep",
-        description="with resumeFrom: branch from the checkpoint that run kept at this step (its schedule must "
-                    "equal this run's on every earlier step)")
-    save_checkpoints_at: list[int] = Field(
-        default_factory=list, max_length=64, alias="saveCheckpointsAt",
-        description="steps at which to keep a checkpoint for branches (checkpoint-step-XXXXXXXX.pt)")
-
     @model_validator(mode="after")
     def _steps_inside_the_run(self) -> RunSpec:
         total = self.total_steps
