@@ -50,8 +50,8 @@ from flopwise.api.load import parse_campaign
 from flopwise.api.spec import TrainingCampaignSpec
 from flopwise.api.status import PlannedRun, RunRecord
 from flopwise.engine import records as build
-from flopwise.engine.conclude import conclude_ladder, endpoints
-from flopwise.fitting.bootstrap import bootstrap
+from flopwise.engine.conclude import PRIOR_EXPONENT_SD, conclude_ladder, endpoints
+from flopwise.fitting.bootstrap import bootstrap, bootstrap_parametric_many, noise_model
 from flopwise.fitting.fit import COARSE_GRID, HOFFMANN_GRID, fit_law_many, fit_points
 from flopwise.fitting.hygiene import clean, run_weights
 from flopwise.fitting.points import FitPoints
@@ -184,15 +184,24 @@ def legacy_fits(sets: list, grid) -> list[dict]:
     return out
 
 
-def batch_fits(points: list[FitPoints], grid) -> list[dict]:
-    """The full and borrowed-exponent fits of every rep's endpoints (same N and D, other losses), batched."""
-    first = points[0]
-    losses = np.stack([p.loss for p in points])
-    with np.errstate(all="ignore"):
-        full = fit_law_many(first.params, first.tokens, losses, grid=grid)
-        borrowed = fit_law_many(first.params, first.tokens, losses, fixed_exponents=(EPOCH.alpha, EPOCH.beta),
-                                grid=grid)
-    return [{"full": f, "borrowed": b} for f, b in zip(full, borrowed, strict=True)]
+def batch_fits(runs: list[list[RunRecord]], grid, resamples: int) -> list[dict]:
+    """The full and borrowed-exponent fits of every rep's endpoints (same N and D, other losses) and their
+    parametric bootstraps, each batched over the reps: what `conclude_ladder` would compute rep by rep."""
+    ends = [endpoints(done) for done in runs]
+    first = ends[0].points
+    losses = np.stack([e.points.loss for e in ends])
+    floors = [_seed_floor(done) for done in runs]
+    out: list[dict] = [{"fits": {}, "boots": {}} for _ in runs]
+    for mode, fixed in (("full", None), ("borrowed", (EPOCH.alpha, EPOCH.beta))):
+        with np.errstate(all="ignore"):
+            fits = fit_law_many(first.params, first.tokens, losses, fixed_exponents=fixed, grid=grid)
+            noises = [noise_model(e.points, f, e.groups, floor) for e, f, floor in zip(ends, fits, floors,
+                                                                                   strict=True)]
+            boots = bootstrap_parametric_many(first, fits, noises, n_resamples=resamples, groups=ends[0].groups,
+                                              seeds=list(range(len(runs))), exponent_sd=PRIOR_EXPONENT_SD)
+        for i, (f, b) in enumerate(zip(fits, boots, strict=True)):
+            out[i]["fits"][mode], out[i]["boots"][mode] = f, b
+    return out
 
 
 # -- one rep --------------------------------------------------------------------------------------------------
@@ -247,7 +256,8 @@ def run_job(item: tuple[Job, dict]) -> dict:
         law, laws, identified, basis = found["law"], found["laws"], found["identified"], found["basis"]
     else:
         found = conclude_ladder(done, flops=flops, prior=allocation_rule(spec.law), resamples=job.resamples,
-                                seed=job.rep, floor_sd=_seed_floor(done), backtest_holdout=False, fits=fits)
+                                seed=job.rep, floor_sd=_seed_floor(done), backtest_holdout=False,
+                                fits=fits["fits"], boots=fits["boots"])
         alloc = found.allocation
         params, low, high = alloc.params, alloc.params_low, alloc.params_high
         law, laws, identified, basis = found.law, found.bootstrap_laws, alloc.identified, alloc.basis
@@ -271,7 +281,7 @@ def fits_for(jobs: list[Job], grid) -> list[dict]:
     done = [simulate(job) for job in jobs]
     if jobs[0].ladder == "today":
         return legacy_fits([legacy_points(d) for d in done], grid)
-    return batch_fits([endpoints(d).points for d in done], grid)
+    return batch_fits(done, grid, jobs[0].resamples)
 
 
 def _seed_floor(done: list[RunRecord]) -> float | None:

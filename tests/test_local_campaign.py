@@ -91,7 +91,7 @@ def test_tiny_campaign_end_to_end_with_report(tmp_path: Path, shards: Path) -> N
     # seed-noise floor of the smallest rung (3 seeds), in the status and in the report
     transfer, floor = status.tuning.transfer, status.noise_floor
     assert transfer is not None and transfer.verdict in ("holds", "does-not-hold") and len(transfer.widths) == 2
-    assert rec.learning_rate_source in ("transferred", "extrapolated")
+    assert rec.learning_rate_source.startswith(("Round 2", "extrapolated in width"))
     assert floor is not None and floor.seeds == 3 and floor.floor_are is not None and floor.within_noise is not None
     assert len({r.seed for r in status.runs if r.role in ("ladder", "seed") and r.params == floor.params}) == 3
     assert f"Verdict: **{transfer.verdict}**" in text and f"{100 * floor.floor_are:.2f}% ARE from 3 seeds" in text

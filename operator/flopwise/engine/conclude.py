@@ -145,19 +145,21 @@ def _optimum(law: ScalingLaw, flops: float) -> float | None:
 
 
 def _candidate(ends: Endpoints, mode: str, *, flops: float, resamples: int, seed: int, grid: StartGrid,
-               floor_sd: float | None, fit: FitResult | None = None) -> Candidate:
+               floor_sd: float | None, fit: FitResult | None = None,
+               boot: BootstrapResult | None = None) -> Candidate:
     with np.errstate(all="ignore"):
         if fit is None:
             fit = fit_points(ends.points, mode=mode, prior=EPOCH, grid=grid)  # type: ignore[arg-type]
         noise = noise_model(ends.points, fit, ends.groups, floor_sd)
-        boot = bootstrap_parametric(ends.points, fit, n_resamples=resamples, groups=ends.groups, noise=noise,
-                                    seed=seed, exponent_sd=PRIOR_EXPONENT_SD) if resamples > 0 else None
+        if boot is None and resamples > 0:
+            boot = bootstrap_parametric(ends.points, fit, n_resamples=resamples, groups=ends.groups, noise=noise,
+                                        seed=seed, exponent_sd=PRIOR_EXPONENT_SD)
     params = _optimum(fit.law, flops)
     low = high = None
     if boot is not None:
         draws = np.array([v for v in (_optimum(law, flops) for law in boot.laws()) if v is not None], float)
         draws = draws[np.isfinite(draws) & (draws > 0)]
-        if draws.size >= max(10, resamples // 2):
+        if draws.size >= max(2, resamples // 2):
             tail = (1 - LEVEL) / 2 * 100
             low, high = (float(v) for v in np.percentile(draws, [tail, 100 - tail]))
     cand_low, cand_high = ({}, {}) if boot is None else (
@@ -210,14 +212,15 @@ def _approach2_status(result: Approach2 | None) -> Approach2Status | None:
 def conclude_ladder(records: list[RunRecord], *, flops: float, prior: ScalingLaw, resamples: int = 200,
                     seed: int = 0, grid: StartGrid = HOFFMANN_GRID, floor_sd: float | None = None,
                     extra: list[RunRecord] | None = None, backtest_holdout: bool = True,
-                    fits: dict[str, FitResult] | None = None) -> Conclusion:
+                    fits: dict[str, FitResult] | None = None,
+                    boots: dict[str, BootstrapResult] | None = None) -> Conclusion:
     """The campaign's law and allocation at ``flops`` (the final budget) from its annealed endpoints.
 
     ``prior`` is the planning law, the last resort when nothing the campaign measured identifies an allocation.
     ``floor_sd`` is the seed-noise floor (relative sd of the seed replicas' losses), a lower bound for the noise
-    the bootstrap draws. ``fits`` may carry the full and borrowed fits of these very points, already made (the
-    calibration benchmark fits hundreds of simulated campaigns in one batch). Raises FitInputError when there are
-    fewer than three sizes."""
+    the bootstrap draws. ``fits`` and ``boots`` may carry the full and borrowed fits of these very points and
+    their bootstraps, already made (the calibration benchmark fits hundreds of simulated campaigns in one batch).
+    Raises FitInputError when there are fewer than three sizes."""
     ends = endpoints(records, extra)
     pts = ends.points
     if pts.n_distinct_sizes() < 3:
@@ -227,12 +230,13 @@ def conclude_ladder(records: list[RunRecord], *, flops: float, prior: ScalingLaw
     notes: list[str] = []
     full_possible = pts.n_distinct_sizes() >= 5 and len(pts) >= 8
     if full_possible:
-        candidates["full"] = _candidate(ends, "full", **common, fit=(fits or {}).get("full"))  # type: ignore[arg-type]
+        candidates["full"] = _candidate(ends, "full", **common, fit=(fits or {}).get("full"),  # type: ignore[arg-type]
+                                        boot=(boots or {}).get("full"))
     else:
         notes.append(f"{pts.n_distinct_sizes()} sizes and {len(pts)} points: too few for five free parameters")
     if not full_possible or candidates["full"].problems:
         candidates["borrowed"] = _candidate(ends, "borrowed", **common,  # type: ignore[arg-type]
-                                            fit=(fits or {}).get("borrowed"))
+                                            fit=(fits or {}).get("borrowed"), boot=(boots or {}).get("borrowed"))
     noise = next(iter(candidates.values())).noise
     a2 = approach2_of(ends, flops, noise.sigma)
 

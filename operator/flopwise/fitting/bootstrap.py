@@ -207,30 +207,52 @@ def bootstrap_parametric(points: FitPoints, best: FitResult, *, n_resamples: int
 
     A fit with borrowed exponents is only as good as the borrowing: with ``exponent_sd`` each resample also
     draws its fixed α and β around the borrowed ones, so the intervals carry the prior's uncertainty too."""
+    noise = noise or noise_model(points, best, groups)
+    return bootstrap_parametric_many(points, [best], [noise], n_resamples=n_resamples, groups=groups, level=level,
+                                     seeds=[seed], weights=weights, exponent_sd=exponent_sd, delta=delta)[0]
+
+
+def bootstrap_parametric_many(points: FitPoints, fits: list[FitResult], noises: list[NoiseModel], *,
+                              n_resamples: int = 200, groups: np.ndarray | None = None, level: float = 0.95,
+                              seeds: list[int] | None = None, weights: np.ndarray | None = None,
+                              exponent_sd: float = 0.0, delta: float = HUBER_DELTA) -> list[BootstrapResult]:
+    """:func:`bootstrap_parametric` for several fits of data sets on the same (N, D) — each with its own fitted
+    law and noise, all of one mode — in one batched optimisation (the calibration benchmark's hundreds of
+    simulated campaigns). Each set's draws come from its own seed, so a set's result does not depend on the
+    others."""
     from flopwise.fitting.objective import log_prediction
 
-    noise = noise or noise_model(points, best, groups)
-    rng = np.random.default_rng(seed)
     n = len(points)
-    fitted = log_prediction(best.theta, points.log_x)[0]
     if groups is None:
         inverse, n_groups = np.arange(n), n
     else:
         _, inverse = np.unique(np.asarray(groups).astype(str), return_inverse=True)
         n_groups = int(inverse.max()) + 1
-    shared = rng.normal(0.0, noise.sigma * math.sqrt(noise.rho), (n_resamples, n_groups))[:, inverse]
-    own = rng.normal(0.0, noise.sigma * math.sqrt(1.0 - noise.rho), (n_resamples, n))
-    log_y = fitted[None, :] + shared + own
+    seeds = seeds if seeds is not None else list(range(len(fits)))
+    log_y, x0 = [], []
+    for fit, noise, seed in zip(fits, noises, seeds, strict=True):
+        rng = np.random.default_rng(seed)
+        fitted = log_prediction(fit.theta, points.log_x)[0]
+        shared = rng.normal(0.0, noise.sigma * math.sqrt(noise.rho), (n_resamples, n_groups))[:, inverse]
+        own = rng.normal(0.0, noise.sigma * math.sqrt(1.0 - noise.rho), (n_resamples, n))
+        log_y.append(fitted[None, :] + shared + own)
+        start = np.repeat(fit.theta[None, :], n_resamples, axis=0)
+        if fit.mode == "borrowed" and exponent_sd > 0:
+            start[:, 2:4] = np.maximum(start[:, 2:4] + rng.normal(0.0, exponent_sd, (n_resamples, 2)), 0.05)
+        x0.append(start)
+    all_y = np.concatenate(log_y)
     w = None if weights is None else np.asarray(weights, float)
 
     def fun(x: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return objective_and_grad(x, points.log_x, log_y[idx], w, delta)
+        return objective_and_grad(x, points.log_x, all_y[idx], w, delta)
 
     free = np.ones(5, bool)
-    x0 = np.repeat(best.theta[None, :], n_resamples, axis=0)
-    if best.mode == "borrowed":
+    if fits[0].mode == "borrowed":
         free[2:4] = False
-        if exponent_sd > 0:
-            x0[:, 2:4] = np.maximum(x0[:, 2:4] + rng.normal(0.0, exponent_sd, (n_resamples, 2)), 0.05)
-    res = minimize_batched(fun, x0, free=free, ftol=BOOTSTRAP_FTOL, gtol=BOOTSTRAP_GTOL)
-    return BootstrapResult(best=best, theta=res.x, level=level, n_converged=int(res.converged.sum()), by_run=False)
+    res = minimize_batched(fun, np.concatenate(x0), free=free, ftol=BOOTSTRAP_FTOL, gtol=BOOTSTRAP_GTOL)
+    out = []
+    for r, fit in enumerate(fits):
+        rows = slice(r * n_resamples, (r + 1) * n_resamples)
+        out.append(BootstrapResult(best=fit, theta=res.x[rows], level=level,
+                                   n_converged=int(res.converged[rows].sum()), by_run=False))
+    return out

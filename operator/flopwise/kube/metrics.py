@@ -100,6 +100,13 @@ def _transfer_holds(s: TrainingCampaignStatus) -> float | None:
     return 1.0 if transfer.verdict == "holds" else 0.0
 
 
+def _allocation(field: str) -> Callable[[TrainingCampaignStatus], float | None]:
+    def value(s: TrainingCampaignStatus) -> float | None:
+        return getattr(s.allocation, field) if s.allocation is not None else None
+
+    return value
+
+
 def _transfer(field: str) -> Callable[[TrainingCampaignStatus], float | None]:
     def value(s: TrainingCampaignStatus) -> float | None:
         return getattr(s.tuning.transfer, field) if s.tuning.transfer is not None else None
@@ -169,13 +176,26 @@ GAUGES: list[tuple[str, str, Callable[[TrainingCampaignStatus], float | None]]] 
        + (f", {which} bound of its 95% interval." if which else "."), _transfer(field))
       for suffix, which, field in (("", "", "learning_rate"), ("_ci_low", "lower", "lr_low"),
                                    ("_ci_high", "upper", "lr_high"))],
-    ("flopwise_lr_transfer_exponent", "Exponent b of the best LR's power law η_opt ∝ N^b across proxy widths.",
-     _transfer("exponent")),
+    ("flopwise_lr_transfer_exponent", "Exponent b of the best LR's power law η_opt ∝ dModel^b across proxy "
+     "widths (depth held).", _transfer("exponent")),
     ("flopwise_noise_floor_are_ratio", "Seed-noise floor: the ARE a perfect law would have, from k seeds of the "
-     "smallest ladder run.", lambda s: s.noise_floor.floor_are if s.noise_floor else None),
+     "cheapest ladder run.", lambda s: s.noise_floor.floor_are if s.noise_floor else None),
+    ("flopwise_law_identified", "1 when the campaign's data identify the allocation it recommends (basis full, "
+     "borrowed exponents or Approach 2), 0 when it falls back to the prior law; absent until the ladder ends.",
+     lambda s: None if s.allocation is None else float(s.allocation.identified)),
+    ("flopwise_law_full_fit", "1 when the five-parameter fit is identified and is the allocation's basis, 0 when "
+     "a law with fewer free parameters had to stand in; absent until the ladder ends.",
+     lambda s: None if s.allocation is None else float(s.allocation.basis == "full")),
+    *[(f"flopwise_allocation_params{suffix}", "Compute-optimal parameters at the final budget, from the basis "
+       "status.allocation names" + (f", {which} bound of its 95% interval." if which else "."), _allocation(field))
+      for suffix, which, field in (("", "", "params"), ("_ci_low", "lower", "params_low"),
+                                   ("_ci_high", "upper", "params_high"))],
+    ("flopwise_approach2_params", "Chinchilla's Approach 2: N_opt at the final budget from IsoFLOP minima.",
+     lambda s: s.allocation.approach2.params if s.allocation and s.allocation.approach2 else None),
     ("flopwise_partial_check_loss_before", "Predicted final loss before the partial target check's refit.",
      lambda s: s.partial_check.loss_before if s.partial_check else None),
-    ("flopwise_partial_check_loss_after", "Predicted final loss after refitting with the final run's partial curve.",
+    ("flopwise_partial_check_loss_after", "Predicted final loss from the target's own annealed point at the partial "
+     "check, carried to the end by the refitted law.",
      lambda s: s.partial_check.loss_after if s.partial_check else None),
 ]
 
