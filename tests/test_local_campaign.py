@@ -99,6 +99,35 @@ def test_tiny_campaign_end_to_end_with_report(tmp_path: Path, shards: Path) -> N
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "lr_transfer.png" in text
 
 
+def test_wsd_ladder_branches_cooldowns_from_its_trunks_checkpoints(tmp_path: Path, shards: Path) -> None:
+    """The WSD design with real trainer processes: each trunk keeps checkpoints in its stable phase, each shorter
+    token count is a cooldown branched from one (the trainer checks the schedules agree up to the branch), is
+    charged only its cooldown, and ends on an annealed point the law is fitted to."""
+    path = campaign_file(tmp_path, shards, ladder={"design": "wsd", "sizes": 5, "spread": 4, "minParams": 2000,
+                                                   "minSteps": 16, "tokenMultiples": [0.5, 1, 2], "seeds": 2},
+                         tuning={**yaml.safe_load(TINY.read_text())["spec"]["tuning"], "schedule": "wsd"},
+                         budget={"flops": 1.2e11, "split": {"ladder": 0.5, "round1": 0.25, "round2": 0.2,
+                                                            "final": 0.0}, "margin": 0.05})
+    state = tmp_path / "state"
+    result = flopwise("run", str(path), "--state-dir", str(state), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    status = load_status(state)
+    assert status.phase == "Succeeded", status.message
+    branches = [r for r in status.runs if r.role == "ladder" and r.resume_step]
+    assert len(branches) == 10  # 5 sizes × 2 shorter token counts
+    for branch in branches:
+        trunk = next(r for r in status.runs if r.run_id == branch.resume_from)
+        assert branch.state == trunk.state == "Succeeded", (branch.run_id, branch.reason)
+        assert (state / "runs" / trunk.run_id / "out" / f"checkpoint-step-{branch.resume_step:08d}.pt").is_file()
+        # it trained (and was charged) its cooldown only, and ended where its own schedule ends
+        assert branch.result.steps == branch.steps - branch.resume_step
+        assert branch.spent.flops == pytest.approx(branch.shape.flops_per_token() * branch.tokens, rel=1e-6)
+        assert branch.result.curve[-1].tokens == branch.trajectory_tokens
+    assert status.law is not None and status.law.n_points == sum(
+        1 for r in status.runs if r.role in ("ladder", "seed") and r.state == "Succeeded")
+    assert_ledger_balances(status)
+
+
 def test_sigkill_mid_campaign_then_resume(tmp_path: Path, shards: Path) -> None:
     """kill -9 of `flopwise run` while runs are in flight; --resume finishes the campaign: every run launched
     exactly once (the executor's audit log), no result lost, the ledger balanced."""
