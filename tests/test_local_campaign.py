@@ -195,14 +195,17 @@ def local(tmp_path: Path, shards: Path, env: dict[str, str] | None = None) -> Lo
 
 
 def test_diverging_runs_are_charged_and_the_campaign_fails_with_a_reason(tmp_path: Path, shards: Path) -> None:
-    """Every trainer's loss turns NaN at step 5 (the trainer's debug hook): each run exits non-zero with a
-    'diverged' summary, is charged the FLOPs it consumed, and the ladder cannot be fitted."""
+    """Every trainer's loss turns NaN at step 5 (the trainer's debug hook): each Round 1 run exits non-zero with a
+    'diverged' summary and is charged the FLOPs it consumed; with no learning rate that trains, the campaign fails
+    after Round 1 and launches nothing else (the ladder would diverge too, and spend its share for nothing)."""
     campaign = local(tmp_path, shards, env={"FLOPWISE_DEBUG_NAN_AT_STEP": "5"})
     status = campaign.run(None)
-    assert status.phase == "Failed" and "too few" in status.message
-    ladder_runs = [r for r in status.runs if r.role == "ladder"]
-    assert len(ladder_runs) == 5  # diverged runs are not retried: the same LR would diverge again
-    for record in ladder_runs:
+    assert status.phase == "Failed" and "every Round 1 run failed" in status.message, status.message
+    assert "baseLearningRate" in status.message
+    assert {r.role for r in status.runs} == {"round1"}
+    sweep = status.runs
+    assert len(sweep) == len({r.planned_id for r in sweep})  # diverged runs are not retried: it would diverge again
+    for record in sweep:
         assert record.state == "Failed" and record.reason.startswith("diverged")
         assert record.result is not None and record.result.status == "diverged"
         per_step = record.shape.flops_per_token() * record.batch_size * record.shape.seq_len

@@ -60,7 +60,7 @@ def test_multi_node_runs_wait_with_a_condition_on_a_server_without_indexed_jobs(
                 if j["metadata"]["labels"].get("flopwise.dev/campaign") == "multi-node"]
     crd.kubectl("patch", "tc", "multi-node", "-n", ns, "--type=merge", "-p",
                 json.dumps({"spec": {"gpuPool": {"gpusPerRun": 8}}}))
-    body = crd.wait_for(lambda: (b := campaign(crd, ns, "multi-node")).get("status", {}).get("phase") == "Ladder"
+    body = crd.wait_for(lambda: (b := campaign(crd, ns, "multi-node")).get("status", {}).get("phase") == "Round1"
                         and b, timeout=30, what="the campaign going on once its runs fit one node")
     (condition,) = [c for c in body["status"]["conditions"] if c["type"] == "MultiNodeUnavailable"]
     assert condition["status"] == "False"

@@ -273,6 +273,14 @@ class _Engine:
         try:
             choice = analysis.choose_round1(self.status.runs, self._proxy_width())
         except FitInputError as error:
+            sweep = [r for r in self.status.runs if r.role == "round1"]
+            if not any(r.state == "Succeeded" for r in sweep):  # nothing trains here: the ladder would burn its budget
+                reasons = sorted({(r.reason or "failed").split(":")[0] for r in sweep})
+                self._fail("Round1Failed", f"every Round 1 run failed ({len(sweep)} runs: {', '.join(reasons)}), so "
+                           "no learning rate trains this model; nothing else was launched. Fix: lower "
+                           "spec.tuning.baseLearningRate if they diverged, else read the runs' reasons (data, "
+                           "image, resources) and apply again")
+                return
             tuning.round1_note = f"{error}; keeping the base learning rate {self.spec.tuning.base_learning_rate:g}"
             tuning.round1_best_lr = self.spec.tuning.base_learning_rate
             tuning.round1_best_warmup = self.spec.tuning.warmup_fractions[0]
@@ -370,15 +378,22 @@ class _Engine:
         tuning.round2_verdict, tuning.round2_best_fraction = decision.verdict, decision.best_fraction
         tuning.round2_candidates = decision.candidates
         tuning.lr_rule = self._lr_rule()
-        check, plan = tuning.transfer, self.status.plan
-        if check is not None and check.learning_rate and plan is not None:  # what the target will train at
-            target_lr = self._lr_for(plan.target.shape)
-            ratio = target_lr / check.learning_rate
-            check.learning_rate = target_lr
-            check.lr_low = check.lr_low * ratio if check.lr_low else None
-            check.lr_high = check.lr_high * ratio if check.lr_high else None
+        self._carry_transfer_to_target()
         self._event("Round2Decided", decision.verdict)
         self._enter("Ladder")
+
+    def _carry_transfer_to_target(self) -> None:
+        """Keep the transfer check's learning rate (and its interval, shifted by the same factor) the one the
+        target trains at: after Round 2 decided the proxy's LR, and again when the fitted law resized the target."""
+        check, plan = self.status.tuning.transfer, self.status.plan
+        if check is None or not check.learning_rate or plan is None:
+            return
+        target_lr = self._lr_for(plan.target.shape)
+        ratio = target_lr / check.learning_rate
+        check.learning_rate, check.target_d_model = target_lr, plan.target.shape.d_model
+        check.target_params = plan.target.params
+        check.lr_low = check.lr_low * ratio if check.lr_low else None
+        check.lr_high = check.lr_high * ratio if check.lr_high else None
 
     def _round1_lr(self) -> float:
         return self.status.tuning.round1_best_lr or self.spec.tuning.base_learning_rate
@@ -619,6 +634,7 @@ class _Engine:
         plan = self.status.plan
         assert plan is not None
         lr = self._lr_for(plan.target.shape)
+        self._carry_transfer_to_target()
         check = self.status.tuning.transfer
         round2 = bool(self.status.tuning.round2_candidates)
         if check is not None and check.verdict == "does-not-hold":

@@ -53,7 +53,10 @@ class BootstrapResult:
 
     def _interval(self, estimate: float, values: np.ndarray) -> Interval:
         tail = 50.0 * (1.0 - self.level)
-        low, high = np.percentile(values[np.isfinite(values)], [tail, 100.0 - tail])
+        values = values[np.isfinite(values)]
+        if values.size == 0:  # no resample converged to a finite value: the interval is unknown, not zero-width
+            return Interval(float(estimate), math.nan, math.nan)
+        low, high = np.percentile(values, [tail, 100.0 - tail])
         return Interval(float(estimate), float(low), float(high))
 
     def parameter_intervals(self) -> dict[str, Interval]:
