@@ -225,14 +225,31 @@ def test_every_ladder_run_diverging_ends_failed_with_a_reason() -> None:
     for _ in range(50):
         now += 1
         obs = [Observation(r.run_id, "failed", summary_for(r, fraction=0.3, status="diverged"))
-               for r in (status.runs if status else []) if r.state == "Running"]
+               if r.role in ("ladder", "seed") else Observation(r.run_id, "succeeded", summary_for(r))
+               for r in (status.runs if status else []) if r.state == "Running"]  # tuning trains; the ladder not
         status = reconcile(SPEC, status, obs, now=now, options=FAST).status
         if status.phase in ("Succeeded", "Failed"):
             break
     assert status.phase == "Failed"
     assert "without a law" in status.message
+    assert {r.role for r in status.runs} >= {"round1", "round2", "ladder"}
     assert all(r.spent.flops > 0 for r in status.runs)
     assert status.ledger.reserved_flops == 0
+
+
+def test_every_round1_run_diverging_fails_the_campaign_before_the_ladder_spends() -> None:
+    status, now = None, 0.0
+    for _ in range(50):
+        now += 1
+        obs = [Observation(r.run_id, "failed", summary_for(r, fraction=0.3, status="diverged"))
+               for r in (status.runs if status else []) if r.state == "Running"]
+        status = reconcile(SPEC, status, obs, now=now, options=FAST).status
+        if status.phase in ("Succeeded", "Failed"):
+            break
+    assert status.phase == "Failed" and "every Round 1 run failed" in status.message
+    assert {r.role for r in status.runs} == {"round1"} and status.ledger.reserved_flops == 0
+    (condition,) = [c for c in status.conditions if c.type == "Failed"]
+    assert condition.reason == "Round1Failed"
 
 
 def test_invalid_budget_fails_before_any_launch() -> None:

@@ -54,6 +54,7 @@ CURVE_POINTS = 8  # the report draws curves from them; the fit reads only final 
 INTERIM_MIN_POINTS = 6  # a quick fit while the ladder runs needs this many annealed points,
 INTERIM_EVERY = 3  # and is redone every this many new ones
 PARTIAL_NOISE = 0.01  # relative seed noise assumed at the target when no seed replicas measured it
+DISTINCT_LR = math.log(1.25)  # Round 2 compares learning rates at least this far apart in log (Round 1's steps: ×2)
 
 
 @dataclass(frozen=True)
@@ -600,8 +601,11 @@ class _Engine:
 
     def _add_round2(self) -> None:
         """Round 2's candidates at full length at the proxy (the playbook's "few long runs at the best Round-1
-        points"): Round 1's optimum, then its best other learning rate, then — for a WSD schedule — the optimum
-        with twice the cooldown, then further Round-1 points. Their final losses decide (`_round2`)."""
+        points"): Round 1's optimum, then its best learning rate below the optimum (Round 1's runs are short, and
+        the optimum falls with training length: Bjorck et al. 2024, "Scaling Optimal LR Across Token Horizons"),
+        never one within 25% of the optimum (the grid point next to a parabola's vertex often is); then, for a
+        WSD schedule, the optimum with twice the cooldown; then further Round-1 points. Their final losses decide
+        (`_round2`)."""
         plan = self.status.plan
         assert plan is not None
         width = self._proxy_width()
@@ -609,9 +613,13 @@ class _Engine:
                          and r.shape.d_model == width), key=analysis._run_loss)
         best_lr, warmup, decay = self._round1_lr(), self._round1_warmup(), self.spec.tuning.decay_fraction
         others = []
-        for r in round1:
-            if all(abs(math.log(r.learning_rate / lr)) > 1e-6 for lr in [best_lr, *others]):
+        for r in round1:  # a learning rate within 25% of one already chosen would train alike: it decides nothing
+            if all(abs(math.log(r.learning_rate / lr)) > DISTINCT_LR for lr in [best_lr, *others]):
                 others.append(r.learning_rate)
+        lower = next((lr for lr in others if lr < best_lr), None)
+        if lower is not None:  # longer runs want a lower LR (Bjorck et al. 2024): the full-length run tests that first
+            others.remove(lower)
+            others.insert(0, lower)
         candidates: list[tuple[float, float]] = [(best_lr, decay)]
         if others:
             candidates.append((others.pop(0), decay))
