@@ -29,7 +29,9 @@ def priced_spec():
     """The tiny test campaign with a price: $1 per GPU-second and a dollar limit near the FLOP limit, so
     either can bind depending on the MFU the runs measure."""
     doc = yaml.safe_load((Path(__file__).parent / "data" / "tiny-campaign.yaml").read_text())
-    doc["spec"]["gpuPool"].update(peakFlops=1e11, expectedMfu=0.3, pricePerGpuHour=3600.0)
+    # no start-up slack or grace period: at $1 per GPU-second they would cost more than the runs
+    doc["spec"]["gpuPool"].update(peakFlops=1e11, expectedMfu=0.3, pricePerGpuHour=3600.0, startupSlackSeconds=0)
+    doc["spec"]["trainer"] = {"terminationGracePeriodSeconds": 0}
     doc["spec"]["budget"]["usd"] = 4.4  # 1.2e11 FLOPs at 3e10 FLOP/s is 4 GPU-seconds: $4.00
     return parse_campaign(doc).spec
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from flopwise.api.load import parse_campaign
-from flopwise.api.status import Charge, RunRecord
+from flopwise.api.status import Charge, PodTime, RunRecord
 from flopwise.contract import RunSpec, RunSummary
 from flopwise.engine.machine import reconcile
 from flopwise.engine.runspec import run_spec_for
@@ -130,12 +130,37 @@ def test_command_override_is_exec_form() -> None:
     assert container["args"] == ["/etc/flopwise/spec.json"]
 
 
-@pytest.mark.parametrize(("gpu_hours", "gpus", "expected"), [(0.0, 1, 600), (1.0, 1, 7200), (8.0, 4, 14400)])
-def test_active_deadline_follows_the_reservation(gpu_hours, gpus, expected) -> None:
+@pytest.mark.parametrize(("gpu_hours", "gpus", "grace", "expected"),
+                         [(0.0, 1, 300, 1), (1.0, 1, 300, 3300), (8.0, 4, 0, 7200), (8.0, 4, 60, 7140)])
+def test_active_deadline_is_the_reservation_less_the_grace_period(gpu_hours, gpus, grace, expected) -> None:
+    """deadline + grace = the reservation's wall time on the run's GPUs: no Pod holds them longer than reserved."""
     doc = campaign_doc(gpusPerRun=gpus, maxConcurrentGpus=8)
+    doc["spec"]["trainer"] = {"terminationGracePeriodSeconds": grace}
     spec, _, record = first_launch(doc)
     record = record.model_copy(update={"reserved": Charge(flops=1.0, gpu_hours=gpu_hours)})
     assert jobs.active_deadline_seconds(record, spec) == expected
+    job = jobs.run_job("tiny", UID, "ns", record, spec)
+    assert job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == grace
+
+
+def test_the_reservation_is_the_worst_case_the_job_allows() -> None:
+    """The engine reserves compute at the expected MFU + start-up slack + grace; the Job's deadline gives back
+    exactly the compute and the slack, and a preempted run's next deadline is only what is left."""
+    doc = campaign_doc(startupSlackSeconds=300)
+    doc["spec"]["trainer"] = {"terminationGracePeriodSeconds": 30}
+    spec, _, record = first_launch(doc)
+    compute_s = record.planned_flops() / (spec.gpu_pool.peak * spec.gpu_pool.expected_mfu)
+    assert record.reserved.gpu_hours * 3600 == pytest.approx(compute_s + 300 + 30)
+    assert jobs.active_deadline_seconds(record, spec) == int(compute_s + 300)
+    used = record.model_copy(update={"pods": [PodTime(uid="a", gpus=1, started_at=100.0, finished_at=160.0)]})
+    assert jobs.active_deadline_seconds(used, spec) == int(compute_s + 300 - 60)
+    # a Pod still stopping counts until now plus its grace period (its worst case)
+    stopping = record.model_copy(update={"pods": [PodTime(uid="a", gpus=1, started_at=100.0)]})
+    assert jobs.active_deadline_seconds(stopping, spec, now=190.0) == int(compute_s + 300 - 90 - 30)
+    # re-admitted: the Job's clock restarted at 500, so only the Pods of earlier admissions count
+    readmitted = record.model_copy(update={"pods": [PodTime(uid="a", gpus=1, started_at=100.0, finished_at=160.0),
+                                                    PodTime(uid="b", gpus=1, started_at=510.0)]})
+    assert jobs.active_deadline_seconds(readmitted, spec, now=600.0, since=500.0) == int(compute_s + 300 - 60)
 
 
 def _pod(message: str | None, exit_code: int = 0, phase: str = "Succeeded") -> dict:
@@ -169,6 +194,108 @@ def test_observation_mapping() -> None:
     refused = observe_run("r", Snapshot(rejected={"r": "Job rejected: bad quantity"}, config_maps={"r"}))
     assert refused.state == "failed" and refused.summary.flops == 0  # nothing ran: nothing is charged
     assert refused.summary.exit_reason == "Job rejected: bad quantity"
+
+
+SIGTERM = RunSummary(run_id="r", status="failed", steps=40, tokens=4000, flops=1e9,
+                     exit_reason="terminated by SIGTERM at step 40 of 100 (checkpointed)").to_message()
+
+
+def _started(message: str | None = None, *, exit_code: int = 1, deleting: bool = False, uid: str = "p1",
+             start: str = "2026-01-01T00:00:00Z", end: str = "2026-01-01T00:10:00Z") -> dict:
+    """A Pod as a Kubernetes ≥ 1.22 server shows it: started, running or terminated, maybe being deleted."""
+    state = {"running": {"startedAt": start}} if message is None else {"terminated": {
+        "exitCode": exit_code, "message": message, "startedAt": start, "finishedAt": end}}
+    meta: dict = {"uid": uid}
+    if deleting:
+        meta["deletionTimestamp"] = end
+    phase = "Running" if message is None else ("Succeeded" if exit_code == 0 else "Failed")
+    return {"metadata": meta, "status": {"phase": phase, "startTime": start,
+                                         "containerStatuses": [{"name": "trainer", "state": state}]}}
+
+
+def test_observations_of_suspension_deadlines_and_pod_time() -> None:
+    """Manifests as a Kubernetes ≥ 1.22 server (with Kueue) returns them, for what the 1.20 test server cannot show:
+    a suspended Job is queued whatever its stopped Pod reported; a Pod being deleted decides nothing; a Job failed
+    at its deadline is a cut run with the report its stopped Pod left; every started Pod's GPU time comes along."""
+    suspended = {"spec": {"suspend": True}, "status": {}}
+    by_condition = {"status": {"conditions": [{"type": "Suspended", "status": "True"}]}}
+    active = {"status": {"active": 1}}
+    cut = {"metadata": {"uid": "j1"}, "status": {"conditions": [
+        {"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]}}
+    preempted = _started(SIGTERM, deleting=True)
+    for job in (suspended, by_condition):  # Kueue: preempted, or never admitted
+        seen = observe_run("r", Snapshot(jobs={"r": job}, pods={"r": [preempted]}), gpus_per_pod=8)
+        assert seen.state == "queued" and seen.summary is None
+        (pod,) = seen.pods
+        assert (pod.gpus, pod.finished_at - pod.started_at) == (8, 600.0)
+        assert observe_run("r", Snapshot(jobs={"r": job})).state == "queued"
+    # re-admitted: the stopped Pod is being deleted, the new one runs
+    seen = observe_run("r", Snapshot(jobs={"r": active}, pods={"r": [preempted, _started(uid="p2")]}), now=1.8e9)
+    assert seen.state == "running" and [p.finished_at is None for p in seen.pods] == [False, True]
+    seen = observe_run("r", Snapshot(jobs={"r": cut}, pods={"r": [preempted]}))
+    assert seen.state == "failed" and seen.cut == "DeadlineExceeded" and seen.summary.steps == 40
+    # a Pod deleted past its deletionTimestamp for long (its node is gone) holds no GPU since then
+    stuck = _started(deleting=True)
+    (pod,) = observe_run("r", Snapshot(jobs={"r": active}, pods={"r": [stuck]}), now=1.8e9).pods
+    assert pod.finished_at == pod.started_at + 600.0
+    # an evicted Pod that had started: its time counts until it was seen failed
+    evicted = {"metadata": {"uid": "p3"}, "status": {"phase": "Failed", "startTime": "2026-01-01T00:00:00Z"}}
+    seen = observe_run("r", Snapshot(jobs={"r": active}, pods={"r": [evicted]}), now=1767225700.0)
+    assert seen.state == "failed" and seen.pods[0].finished_at == 1767225700.0
+    assert observe_run("r", Snapshot(jobs={"r": active}, pods={"r": [{"status": {"phase": "Pending"}}]})).pods == ()
+
+
+class _RecordingBatch:
+    """The Job calls the executor makes, recorded (what it asks the API server for is the subject here)."""
+
+    def __init__(self, job: dict | None) -> None:
+        self.job, self.calls = job, []
+
+    def read_namespaced_job(self, name, namespace):
+        from kubernetes.client.exceptions import ApiException
+
+        self.calls.append(("read", name))
+        if self.job is None:
+            raise ApiException(status=404)
+        return self.job
+
+    def patch_namespaced_job(self, name, namespace, body):
+        self.calls.append(("patch", name, body))
+
+    def delete_namespaced_job(self, name, namespace, propagation_policy=None):
+        self.calls.append(("delete", name, propagation_policy))
+
+    class api_client:
+        @staticmethod
+        def sanitize_for_serialization(obj):
+            return obj
+
+
+def test_suspension_patches_where_the_server_can_and_deletes_where_it_cannot() -> None:
+    from flopwise.kube.executor import KubernetesExecutor
+
+    spec, _, record = first_launch(campaign_doc())
+    for server_suspends, queue, expected in ((True, None, "patch"), (False, None, "delete"),
+                                             (True, "research", "delete")):
+        pool = spec.gpu_pool.model_copy(update={"queue_name": queue})
+        batch = _RecordingBatch({"spec": {"suspend": False}})
+        executor = KubernetesExecutor(None, batch, namespace="ns", campaign="tiny", uid=UID,
+                                      spec=spec.model_copy(update={"gpu_pool": pool}))
+        executor.suspend(record.run_id, server_suspends=server_suspends)
+        (call,) = batch.calls
+        assert call[0] == expected, (server_suspends, queue, call)
+        if expected == "patch":
+            assert call[2] == {"spec": {"suspend": True}}
+        else:
+            assert call[2] == "Background"  # its Pods get SIGTERM and their grace period
+    # resuming a Job the operator suspended: unsuspended, with what is left of its reservation as its deadline
+    batch = _RecordingBatch({"spec": {"suspend": True}, "status": {}})
+    executor = KubernetesExecutor(None, batch, namespace="ns", campaign="tiny", uid=UID, spec=spec)
+    used = record.model_copy(update={"pods": [PodTime(uid="a", gpus=1, started_at=0.0, finished_at=60.0)]})
+    executor.resume(used, None)
+    patch = batch.calls[-1][2]["spec"]
+    assert patch["suspend"] is False
+    assert patch["activeDeadlineSeconds"] == jobs.active_deadline_seconds(record, spec) - 60
 
 
 def test_record_fields_survive_into_the_manifest() -> None:

@@ -146,7 +146,12 @@ UNUSED_BY_DESIGN = {
     "when a Job's blockOwnerDeletion owner reference is set (not enabled on this test server)",
     ("flopwise.dev", "trainingcampaigns", "get"): "a campaign is read again after a 409 conflict (test_faults_cluster"
     "'s other writer)",
-    ("batch", "jobs", "delete"): "cancelling a run (executor.cancel) when a campaign ends with runs in flight",
+    ("batch", "jobs", "delete"): "cancelling a run (executor.cancel) when a campaign ends with runs in flight, and "
+    "suspending one where the server has no Job suspension (test_spend_cluster)",
+    ("batch", "jobs", "get"): "reading a Job before resuming it or lowering its deadline (test_spend_cluster: "
+    "spec.suspend, Kueue preemption)",
+    ("batch", "jobs", "patch"): "suspending or resuming a Job (spec.suspend, Kubernetes 1.22+) and lowering a "
+    "preempted Job's deadline (test_spend_cluster)",
     ("", "configmaps", "list"): "listed only when a run's Job is missing, to tell lost (its ConfigMap exists) from "
     "never launched (the chaos and Job-deleted tests)",
     ("", "services", "create"): "rendezvous Services of multi-node runs, which need Indexed Jobs (Kubernetes 1.22+; "

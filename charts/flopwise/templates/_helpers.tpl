@@ -72,10 +72,11 @@ app.kubernetes.io/part-of: flopwise
 - apiGroups: [flopwise.dev]
   resources: [trainingcampaigns/finalizers]
   verbs: [update]
-# one Job per training run, deleted when a run is cancelled
+# one Job per training run: deleted when a run is cancelled; patched to suspend or resume it (spec.suspend)
+# and to lower a preempted one's deadline, read first to see which
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [list, watch, create, delete]
+  verbs: [get, list, watch, create, patch, delete]
 # the runs' Pods: their termination messages carry the results
 - apiGroups: [""]
   resources: [pods]

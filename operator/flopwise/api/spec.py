@@ -142,7 +142,14 @@ class GpuPool(ApiModel):
     expected_mfu: float = Field(default=0.40, gt=0.0, le=1.0, description="model FLOPs utilisation until measured")
     node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
-    queue_name: str | None = Field(default=None, max_length=63, description="Kueue LocalQueue; Jobs start suspended")
+    queue_name: str | None = Field(default=None, max_length=63, description="Kueue LocalQueue "
+                                   "(`kueue.x-k8s.io/queue-name`): Jobs are created suspended and Kueue admits them; "
+                                   "a Job Kueue suspends (not admitted, or preempted) is Queued, not failed")
+    priority_class: str | None = Field(default=None, max_length=63, description="Kueue WorkloadPriorityClass "
+                                       "(`kueue.x-k8s.io/priority-class`) of the campaign's Jobs")
+    startup_slack_seconds: int = Field(default=600, ge=0, le=86_400, description="wall time a run may spend "
+                                       "before training (image pull, data, checkpoint restore) beyond its compute "
+                                       "at the expected MFU: reserved with it, and part of its Job's deadline")
 
     @model_validator(mode="after")
     def _known_peak(self) -> GpuPool:
@@ -163,6 +170,15 @@ class GpuPool(ApiModel):
                 raise FieldProblem("nodeSelector", f"the value {_short(value)} of {_short(key)} is not a label value "
                                    "(at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter "
                                    "or digit)")
+        return self
+
+    @model_validator(mode="after")
+    def _kueue_names(self) -> GpuPool:
+        for field, value in (("queueName", self.queue_name), ("priorityClass", self.priority_class)):
+            if value is not None and not (len(value) <= 63 and _DNS_SUBDOMAIN.match(value)):
+                raise FieldProblem(field, f"{_short(value)} is not a Kubernetes object name usable as a label value: "
+                                   "1-63 lower-case letters, digits, '-' or '.', each dot-separated part starting and "
+                                   "ending with a letter or digit (Kueue reads it from a label)")
         return self
 
     @model_validator(mode="after")
@@ -322,6 +338,10 @@ class Trainer(ApiModel):
         description="PersistentVolumeClaim (ReadWriteMany when runs share nodes) for run outputs, one folder per "
                     "campaign uid: a relaunched Job resumes its checkpoint and the partial check's second leg finds "
                     "the first's. Unset: an emptyDir per Pod (a relaunch starts over; no partial check on a cluster)")
+    termination_grace_period_seconds: int = Field(
+        default=300, ge=0, le=86_400,
+        description="time a trainer Pod gets after SIGTERM (deadline, preemption, suspension, cancellation) to "
+                    "checkpoint and report; the ledger reserves it, since the GPUs are held until the Pod ends")
 
 
 class Final(ApiModel):
@@ -351,6 +371,8 @@ class TrainingCampaignSpec(ApiModel):
     law: PlanningLaw = Field(default="chinchilla-3", description="prior law used until the campaign fits its own")
     trainer: Trainer = Field(default_factory=Trainer)
     final: Final = Field(default_factory=Final)
+    suspend: bool = Field(default=False, description="stop launching and stop the running Jobs (suspended where "
+                          "the server can, else deleted; checkpoints kept); false again resumes where it stopped")
 
     @model_validator(mode="after")
     def _schedules_fit_the_design(self) -> TrainingCampaignSpec:

@@ -211,9 +211,13 @@ class RunCounts(ApiModel):
     succeeded: int = Field(default=0, ge=0)
     failed: int = Field(default=0, ge=0)
     lost: int = Field(default=0, ge=0)
+    queued: int = Field(default=0, ge=0, description="launched, waiting for admission (Kueue) or preempted")
+    suspended: int = Field(default=0, ge=0, description="stopped by spec.suspend")
 
 
-RunState = Literal["Pending", "Running", "Succeeded", "Failed", "Lost"]
+RunState = Literal["Pending", "Running", "Queued", "Suspended", "Succeeded", "Failed", "Lost"]
+LIVE_STATES = ("Running", "Queued", "Suspended")
+"""A run in these states holds a reservation and may have a Job."""
 
 
 class Charge(ApiModel):
@@ -245,6 +249,16 @@ class RunResult(ApiModel):
     mfu: float | None = Field(default=None, ge=0)
     elapsed_s: float = Field(default=0.0, ge=0)
     curve: list[CurveSample] = Field(default_factory=list, max_length=64)
+
+
+class PodTime(ApiModel):
+    """GPU time one Pod of a run held: from the Pod's start (the kubelet took it) to its end, on its GPUs. What a
+    run is charged on a cluster, whatever its report says."""
+
+    uid: str = Field(max_length=64)
+    gpus: int = Field(ge=0)
+    started_at: float = Field(description="seconds since the epoch")
+    finished_at: float | None = Field(default=None, description="unset while the Pod runs")
 
 
 class RunRecord(ApiModel):
@@ -288,6 +302,8 @@ class RunRecord(ApiModel):
     def trajectory_tokens(self) -> int:
         """Tokens of the whole schedule this record ends: the point it puts on the loss surface."""
         return (self.stop_at_step or self.steps) * self.batch_size * self.shape.seq_len
+    pods: list[PodTime] = Field(default_factory=list, max_length=4096, description="while it is live: the GPU "
+                                "time of each Pod seen (folded into spent when it settles)")
 
     def train_steps(self) -> int:
         """Optimiser steps this record trains: its leg of the schedule."""

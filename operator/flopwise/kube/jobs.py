@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import time
 from typing import Any
 
 from flopwise.api.spec import GROUP, KIND, VERSION, TrainingCampaignSpec
@@ -27,6 +28,7 @@ LABEL_CAMPAIGN = f"{GROUP}/campaign"
 LABEL_PHASE = f"{GROUP}/phase"
 LABEL_RUN = f"{GROUP}/run"
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+LABEL_KUEUE_PRIORITY = "kueue.x-k8s.io/priority-class"
 ANNOTATION_RUN_ID = f"{GROUP}/run-id"  # the exact run id (label values are sanitised)
 ANNOTATION_CAMPAIGN = f"{GROUP}/campaign-name"
 ANNOTATION_CAMPAIGN_UID = f"{GROUP}/campaign-uid"
@@ -43,10 +45,9 @@ OUTPUT_ROOT = "/out"
 TERMINATION_LOG = "/dev/termination-log"
 
 INDEXED_JOBS_SINCE = (1, 22)  # Indexed Jobs (beta, on by default) and their stable Pod hostnames
+JOB_SUSPEND_SINCE = (1, 22)  # Job spec.suspend on by default (alpha behind a gate in 1.21; 1.20 prunes the field)
 RENDEZVOUS_PORT = 29500
 COMPLETION_INDEX = "JOB_COMPLETION_INDEX"
-DEADLINE_SLACK = 2.0  # activeDeadlineSeconds = reserved wall time × this (≥ 1.5: MFU estimates are rough)
-MIN_DEADLINE_S = 600
 RUN_AS_USER = 10001  # the user both images create (trainer_image/Dockerfile, operator/Dockerfile)
 
 _INVALID_NAME = re.compile(r"[^a-z0-9-]+")
@@ -106,6 +107,8 @@ def labels_for(campaign: str, record: RunRecord, spec: TrainingCampaignSpec | No
               LABEL_RUN: label_value(record.run_id)}
     if spec is not None and spec.gpu_pool.queue_name:
         labels[LABEL_KUEUE_QUEUE] = label_value(spec.gpu_pool.queue_name)
+    if spec is not None and spec.gpu_pool.priority_class:
+        labels[LABEL_KUEUE_PRIORITY] = label_value(spec.gpu_pool.priority_class)
     return labels
 
 
@@ -129,10 +132,28 @@ def output_dir(run_id: str) -> str:
     return f"{OUTPUT_ROOT}/{run_id}"
 
 
-def active_deadline_seconds(record: RunRecord, spec: TrainingCampaignSpec) -> int:
-    """The run's reserved wall time (reserved GPU-hours over its GPUs) with slack, at least 10 minutes."""
-    hours = record.reserved.gpu_hours / max(1, spec.gpu_pool.gpus_per_run)
-    return max(MIN_DEADLINE_S, math.ceil(hours * 3600.0 * DEADLINE_SLACK))
+def used_gpu_seconds(record: RunRecord, spec: TrainingCampaignSpec, now: float | None = None,
+                     since: float | None = None) -> float:
+    """GPU time the run's Pods have held, or may still hold: a Pod still running or stopping counts until now plus
+    its grace period (its worst case). ``since``: only Pods that started before it (earlier admissions of a Job
+    whose deadline clock restarted then)."""
+    now = time.time() if now is None else now
+    grace = spec.trainer.termination_grace_period_seconds
+    return sum(p.gpus * max(0.0, (p.finished_at if p.finished_at is not None else now + grace) - p.started_at)
+               for p in record.pods if since is None or p.started_at < since)
+
+
+def active_deadline_seconds(record: RunRecord, spec: TrainingCampaignSpec, now: float | None = None,
+                            since: float | None = None) -> int:
+    """What is left of the run's reservation as wall time on its GPUs, less the grace period its Pods get after
+    the deadline: deadline + grace never exceeds the reservation (its compute at the expected MFU plus
+    ``gpuPool.startupSlackSeconds`` plus the grace), so no Pod holds its GPUs longer than the ledger reserved.
+    A run preempted, suspended or relaunched has used part of it already (``used_gpu_seconds``; ``since``: the
+    running Job's own start, whose Pods the deadline itself bounds). The Job's clock starts before its Pod's
+    (scheduling), which only errs on the safe side. At least 1 s."""
+    gpus = max(1, spec.gpu_pool.gpus_per_run)
+    left = (record.reserved.gpu_hours * 3600.0 - used_gpu_seconds(record, spec, now, since)) / gpus
+    return max(1, math.floor(left - spec.trainer.termination_grace_period_seconds))
 
 
 def rendezvous_service_name(campaign: str, run_id: str) -> str:
@@ -198,7 +219,8 @@ def run_config_map(campaign: str, uid: str, namespace: str, record: RunRecord, r
     }
 
 
-def run_job(campaign: str, uid: str, namespace: str, record: RunRecord, spec: TrainingCampaignSpec) -> dict[str, Any]:
+def run_job(campaign: str, uid: str, namespace: str, record: RunRecord, spec: TrainingCampaignSpec,
+            now: float | None = None) -> dict[str, Any]:
     name = job_name(campaign, record.run_id)
     labels = labels_for(campaign, record, spec)
     annotations = annotations_for(campaign, uid, record)
@@ -251,6 +273,8 @@ def run_job(campaign: str, uid: str, namespace: str, record: RunRecord, spec: Tr
         container["resources"] = resources
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        # the trainer checkpoints on SIGTERM (deadline, preemption, suspension): the ledger reserves this too
+        "terminationGracePeriodSeconds": spec.trainer.termination_grace_period_seconds,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER,
@@ -265,7 +289,7 @@ def run_job(campaign: str, uid: str, namespace: str, record: RunRecord, spec: Tr
     job_spec: dict[str, Any] = {
         "backoffLimit": 0,  # the engine decides retries, and charges them
         "completions": nodes, "parallelism": nodes,
-        "activeDeadlineSeconds": active_deadline_seconds(record, spec),
+        "activeDeadlineSeconds": active_deadline_seconds(record, spec, now),
         "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec},
     }
     if service:

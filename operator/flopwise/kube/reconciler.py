@@ -18,9 +18,9 @@ from pydantic import ValidationError
 
 from flopwise.api.load import describe
 from flopwise.api.spec import GROUP, PLURAL, VERSION, TrainingCampaignSpec
-from flopwise.api.status import Condition, TrainingCampaignStatus
+from flopwise.api.status import LIVE_STATES, Condition, TrainingCampaignStatus
 from flopwise.engine import ledger
-from flopwise.engine.machine import EngineOptions, campaign_seed, iso_time, reconcile
+from flopwise.engine.machine import Decision, EngineOptions, campaign_seed, iso_time, reconcile
 from flopwise.engine.runspec import run_spec_for
 from flopwise.kube import jobs
 from flopwise.kube.cache import CampaignKey, RunCache
@@ -34,9 +34,10 @@ TERMINAL = ("Succeeded", "Failed")
 
 
 def is_active(body: dict[str, Any]) -> bool:
-    """Is there anything to observe or decide: not finished, a run still running, or a spec edit not yet seen."""
+    """Is there anything to observe or decide: not finished, a run still live (running, queued, suspended), or a
+    spec edit not yet seen."""
     status = body.get("status") or {}
-    running = any(r.get("state") == "Running" for r in status.get("runs") or [])
+    running = any(r.get("state") in LIVE_STATES for r in status.get("runs") or [])
     generation = body["metadata"].get("generation")
     return status.get("phase") not in TERMINAL or running or status.get("observedGeneration") != generation
 
@@ -104,7 +105,7 @@ class Reconciler:
         self._verify: set[CampaignKey] = set()  # observe by listing next time (the periodic resync)
         self._deferred: dict[CampaignKey, tuple[Any, ...]] = {}  # a new campaign's launches after its first
         self._unpersisted: dict[CampaignKey, tuple[Any, ...]] = {}  # (inputs, decision) of a pass not yet written
-        self._indexed: bool | None = None
+        self._version: tuple[int, int] | None = None
         self._server = "unknown"
         # asks for another pass: set by the work queue's owner (handlers.py)
         self.requeue: Callable[[CampaignKey], None] = lambda _key: None
@@ -214,7 +215,8 @@ class Reconciler:
         verify = key in self._verify
         self._verify.discard(key)
         executor = KubernetesExecutor(core, batch, namespace=namespace, campaign=name, uid=uid, spec=spec,
-                                      rejected=rejected, forbidden=forbidden, cache=None if verify else self.cache)
+                                      rejected=rejected, forbidden=forbidden, cache=self.cache,
+                                      trust_cache=not verify)
         observations = executor.observe(status.runs)
         # The same campaign version and observations as a pass that failed to persist (API server away):
         # reuse its decision rather than fit again on every back-off retry.
@@ -244,8 +246,28 @@ class Reconciler:
             # runs persisted Running without a Job are observed absent and launched.
             launches, self._deferred[key] = launches[:1], (executor, launches[1:], spec, new)
         decision.events += self._launch(executor, launches, spec, new)
+        self._stop_and_resume(executor, decision, spec, new)
         self.events.post(core, body["metadata"], decision.events)
         return new
+
+    def _stop_and_resume(self, executor: KubernetesExecutor, decision: Decision, spec: TrainingCampaignSpec,
+                         status: TrainingCampaignStatus) -> None:
+        """What the engine decided besides launches, after the status that says so is persisted: cancelled runs'
+        Jobs deleted, suspended ones suspended (or deleted where the server cannot), resumed ones resumed (or
+        created again), preempted ones' deadlines lowered to what is left of their reservations."""
+        for run_id in decision.cancels:
+            executor.cancel(run_id)
+        if decision.suspends:
+            suspends = self.job_suspend()
+            for run_id in decision.suspends:
+                executor.suspend(run_id, server_suspends=suspends)
+        for record in decision.resumes:
+            assert status.plan is not None
+            executor.resume(record, run_spec_for(record, spec, status.plan, campaign=executor.campaign,
+                                                 data_path=jobs.data_path(spec),
+                                                 output_dir=jobs.output_dir(record.run_id)))
+        for record in decision.rearms:
+            executor.rearm(record)
 
     def _launch(self, executor: KubernetesExecutor, records: list[Any], spec: TrainingCampaignSpec,
                 status: TrainingCampaignStatus) -> list[tuple[str, str]]:
@@ -319,16 +341,24 @@ class Reconciler:
             log.warning("could not record the refusal on the campaign: %s", _reason(patch_error))
 
     # ------------------------------------------------------------------------------------------ helpers
-    def indexed_jobs(self) -> bool:
-        """Does this API server run Indexed Jobs (multi-node runs)? Asked once per operator process."""
-        if self._indexed is None:
+    def server_version(self) -> tuple[int, int]:
+        """The API server's (major, minor), asked once per operator process."""
+        if self._version is None:
             from kubernetes import client
 
+            self.apis()
             info = client.VersionApi().get_code()
-            version = (int(info.major.rstrip("+") or 0), int(info.minor.rstrip("+") or 0))
-            self._indexed = version >= jobs.INDEXED_JOBS_SINCE
+            self._version = (int(info.major.rstrip("+") or 0), int(info.minor.rstrip("+") or 0))
             self._server = f"{info.major}.{info.minor}"
-        return self._indexed
+        return self._version
+
+    def indexed_jobs(self) -> bool:
+        """Does this API server run Indexed Jobs (multi-node runs)?"""
+        return self.server_version() >= jobs.INDEXED_JOBS_SINCE
+
+    def job_suspend(self) -> bool:
+        """Does this API server have Job `spec.suspend` (1.20 prunes the field: there a suspension deletes)?"""
+        return self.server_version() >= jobs.JOB_SUSPEND_SINCE
 
     def _multi_node_unavailable(self, body: dict[str, Any], custom: Any, spec: TrainingCampaignSpec,
                                 generation: int | None) -> bool:
