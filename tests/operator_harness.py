@@ -177,6 +177,12 @@ def check_finished(status: TrainingCampaignStatus, budget: float) -> None:
 
 
 NODE_NAME = "node-0"
+IMAGE_DIGEST = "sha256:" + "5e" * 32  # what the node says the trainer image resolved to
+
+
+def image_id(image: str) -> str:
+    """The imageID a container runtime reports for ``image`` (docker-pullable://repo@digest)."""
+    return f"docker-pullable://{image.rsplit(':', 1)[0]}@{IMAGE_DIGEST}"
 
 
 def _now_text() -> str:
@@ -233,7 +239,8 @@ class Kubelet(Node):
         now = _now_text()
         self.core.patch_namespaced_pod_status(name, self.namespace, {"status": {
             "phase": "Running", "startTime": now, "containerStatuses": [{
-                "name": "trainer", "image": pod.spec.containers[0].image, "imageID": "", "ready": True,
+                "name": "trainer", "image": pod.spec.containers[0].image,
+                "imageID": image_id(pod.spec.containers[0].image), "ready": True,
                 "restartCount": 0, "state": {"running": {"startedAt": now}}}]}})
         self.started[pod.metadata.uid] = (pod.metadata.annotations[RUN_ID], now)
         self.campaign_of[pod.metadata.uid] = pod.metadata.annotations.get("flopwise.dev/campaign-name", "")
@@ -243,7 +250,8 @@ class Kubelet(Node):
         end = _now_text()
         self.core.patch_namespaced_pod_status(pod.metadata.name, self.namespace, {"status": {
             "phase": "Succeeded" if exit_code == 0 else "Failed", "startTime": start, "containerStatuses": [{
-                "name": "trainer", "image": pod.spec.containers[0].image, "imageID": "", "ready": False,
+                "name": "trainer", "image": pod.spec.containers[0].image,
+                "imageID": image_id(pod.spec.containers[0].image), "ready": False,
                 "restartCount": 0, "state": {"terminated": {
                     "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error", "message": message,
                     "startedAt": start, "finishedAt": end}}}]}})

@@ -13,7 +13,7 @@ import yaml
 from flopwise.api.load import parse_campaign
 from flopwise.api.status import Charge, PodTime, RunRecord
 from flopwise.contract import RunSpec, RunSummary
-from flopwise.engine.machine import reconcile
+from flopwise.engine.machine import Observation, reconcile
 from flopwise.engine.runspec import run_spec_for
 from flopwise.kube import jobs
 from flopwise.kube.executor import Snapshot, observe_run
@@ -391,3 +391,126 @@ def test_run_outputs_on_a_claim_live_in_the_campaign_uid_folder() -> None:
     doc["spec"]["trainer"] = {"outputClaimName": "Bad_Name"}
     with pytest.raises(Exception, match="outputClaimName"):
         first_launch(doc)
+
+
+# ---------------------------------------------------------------------------------------------- GPU-ready Pods
+def _gpu_doc(**trainer) -> dict:
+    doc = campaign_doc(gpuType="H100", peakFlops=None, gpusPerRun=8, gpusPerNode=8)
+    doc["spec"]["trainer"] = trainer
+    return doc
+
+
+def test_a_gpu_pod_has_shared_memory_requests_per_gpu_and_keeps_its_checkpointing_time() -> None:
+    spec, _, record = first_launch(_gpu_doc(terminationGracePeriodSeconds=900))
+    pod = jobs.run_job("big", UID, "research", record, spec)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert {v["name"]: v for v in pod["volumes"]}["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "64Gi"}
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert container["resources"] == {"limits": {"nvidia.com/gpu": "8"}, "requests": {"cpu": "64", "memory": "512Gi"}}
+    assert pod["terminationGracePeriodSeconds"] == 900
+    assert pod["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+    # explicit values win; a limit alone is the request (no default above it)
+    spec, _, record = first_launch(_gpu_doc(shmSize="2Gi", cpuPerGpu="500m", resources={"limits": {"memory": "1Ti"}}))
+    pod = jobs.run_job("big", UID, "research", record, spec)["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in pod["volumes"]}["dshm"]["emptyDir"]["sizeLimit"] == "2Gi"
+    assert pod["containers"][0]["resources"] == {"limits": {"memory": "1Ti", "nvidia.com/gpu": "8"},
+                                                 "requests": {"cpu": "4000m"}}
+    # a CPU pool: a modest /dev/shm, no GPU defaults
+    spec, _, record = first_launch(campaign_doc())
+    pod = jobs.run_job("tiny", UID, "research", record, spec)["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in pod["volumes"]}["dshm"]["emptyDir"]["sizeLimit"] == "1Gi"
+    assert "resources" not in pod["containers"][0]
+    with pytest.raises(Exception, match=r"trainer\.memoryPerGpu"):
+        first_launch(_gpu_doc(memoryPerGpu="lots"))
+
+
+def test_the_pod_template_overlay_merges_and_never_weakens_the_restricted_context() -> None:
+    from flopwise.api.load import CampaignError
+    from flopwise.api.podtemplate import merge
+    from pod_security import restricted_violations
+
+    overlay = {"metadata": {"annotations": {"example.com/a": "b"}, "labels": {"team": "x"}},
+               "spec": {"priorityClassName": "high", "imagePullSecrets": [{"name": "reg"}],
+                        "tolerations": [{"key": "spot", "operator": "Exists"}],
+                        "containers": [{"name": "trainer", "env": [{"name": "NCCL_DEBUG", "value": "INFO"},
+                                                                    {"name": "HOME", "value": "/scratch"}],
+                                        "securityContext": {"runAsUser": 20000}},
+                                       {"name": "log-shipper", "image": "example/shipper:1"}],
+                        "volumes": [{"name": "scratch", "emptyDir": {}}]}}
+    spec, _, record = first_launch(_gpu_doc(podTemplate=overlay))
+    template = jobs.run_job("big", UID, "research", record, spec)["spec"]["template"]
+    pod, meta = template["spec"], template["metadata"]
+    trainer, shipper = pod["containers"]
+    assert pod["priorityClassName"] == "high" and pod["imagePullSecrets"] == [{"name": "reg"}]
+    assert {"key": "spot", "operator": "Exists"} in pod["tolerations"]
+    env = {e["name"]: e.get("value") for e in trainer["env"]}
+    assert env["NCCL_DEBUG"] == "INFO" and env["HOME"] == "/scratch" and env["FLOPWISE_RUN_ID"] == record.run_id
+    assert trainer["securityContext"]["runAsUser"] == 20000 and trainer["command"][0] == "torchrun"
+    assert shipper["securityContext"]["allowPrivilegeEscalation"] is False  # a sidecar made restricted too
+    assert meta["annotations"]["example.com/a"] == "b" and meta["labels"]["team"] == "x"
+    assert meta["labels"]["flopwise.dev/run"] == record.run_id
+    assert restricted_violations(template) == []
+    # anything that would loosen it is refused, naming the field
+    for bad, field in (({"spec": {"hostNetwork": True}}, "spec.hostNetwork"),
+                       ({"spec": {"containers": [{"name": "trainer", "securityContext": {"privileged": True}}]}},
+                        "spec.containers[0].securityContext.privileged"),
+                       ({"spec": {"securityContext": {"runAsNonRoot": False}}}, "spec.securityContext.runAsNonRoot"),
+                       ({"spec": {"volumes": [{"name": "h", "hostPath": {"path": "/"}}]}}, "spec.volumes[0]"),
+                       ({"spec": {"containers": [{"name": "trainer", "securityContext": {
+                           "capabilities": {"add": ["SYS_ADMIN"]}}}]}}, "capabilities.add"),
+                       ({"spec": {"restartPolicy": "Always"}}, "spec.restartPolicy"),
+                       ({"spec": {"containers": [{"name": "trainer", "image": "evil"}]}}, "image")):
+        with pytest.raises(CampaignError, match=rf"spec\.trainer\.podTemplate\.(\S*\.)?{re.escape(field)}:"):
+            parse_campaign(_gpu_doc(podTemplate=bad))
+    # and merging alone (an overlay that got past validation) imposes the restricted settings again
+    weakened = merge(template, {"spec": {"hostPID": True, "securityContext": {"runAsNonRoot": False},
+                                         "volumes": [{"name": "root", "hostPath": {"path": "/"}}],
+                                         "containers": [{"name": "trainer", "securityContext": {
+                                             "privileged": True, "allowPrivilegeEscalation": True,
+                                             "capabilities": {"add": ["SYS_ADMIN"]}}}]}})
+    assert restricted_violations(weakened) == []
+
+
+def test_campaign_labels_reach_its_jobs_and_pods_but_not_over_flopwise_keys() -> None:
+    spec, _, record = first_launch(campaign_doc())
+    labels = {"team": "nlp", "cost-centre": "42", "app.kubernetes.io/name": "x", "flopwise.dev/run": "y",
+              "kueue.x-k8s.io/queue-name": "z"}
+    job = jobs.run_job("tiny", UID, "research", record, spec, campaign_labels=labels)
+    for meta in (job["metadata"], job["spec"]["template"]["metadata"]):
+        assert meta["labels"]["team"] == "nlp" and meta["labels"]["cost-centre"] == "42"
+        assert meta["labels"]["app.kubernetes.io/name"] == "flopwise-trainer"
+        assert meta["labels"]["flopwise.dev/run"] == record.run_id
+        assert "kueue.x-k8s.io/queue-name" not in meta["labels"]
+
+
+def test_multi_node_job_names_fit_indexed_pod_names_and_pod_failure_policy_follows_the_server() -> None:
+    spec, _, record = first_launch(campaign_doc(gpuType="H100", peakFlops=None, gpusPerRun=16, gpusPerNode=8))
+    long = "campaign-with-a-rather-long-descriptive-name"  # 44 characters
+    job = jobs.run_job(long, UID, "research", record, spec)
+    assert len(job["metadata"]["name"]) <= 52 and DNS.match(job["metadata"]["name"])
+    assert jobs.rendezvous_service(long, UID, "research", record, spec)["spec"]["selector"] == {
+        "job-name": job["metadata"]["name"]}
+    single, _, record1 = first_launch(campaign_doc())
+    assert len(jobs.run_job("c" * 63, UID, "r", record1, single)["metadata"]["name"]) == 63  # single-node: 63
+    assert "podFailurePolicy" not in job["spec"]  # no server said it has one
+    assert "podFailurePolicy" not in jobs.run_job(long, UID, "r", record, spec, server=(1, 25))["spec"]
+    policy = jobs.run_job(long, UID, "r", record, spec, server=(1, 26))["spec"]["podFailurePolicy"]
+    assert policy["rules"][0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    assert policy["rules"][1]["action"] == "FailJob"
+    assert policy["rules"][1]["onExitCodes"] == {"containerName": "trainer", "operator": "In", "values": [1, 2]}
+
+
+def test_the_image_digest_a_pod_reports_is_recorded_on_its_run() -> None:
+    from flopwise.kube.executor import image_digest
+
+    digest = "sha256:" + "ab" * 32
+    for reported in (f"docker-pullable://ghcr.io/flopwise/trainer@{digest}", f"ghcr.io/x@{digest}", digest):
+        pod = {"status": {"containerStatuses": [{"name": "trainer", "imageID": reported}]}}
+        assert image_digest(pod) == digest
+    assert image_digest({"status": {"containerStatuses": [{"name": "trainer", "imageID": ""}]}}) is None
+    spec, _, _ = first_launch(campaign_doc())
+    status = reconcile(spec, None, [], now=1000.0, seed=1).status
+    assert all(r.image == spec.trainer.image for r in status.runs if r.state == "Running")
+    seen = [Observation(r.run_id, "running", image_digest=digest) for r in status.runs if r.state == "Running"]
+    status = reconcile(spec, status, seen, now=1001.0, seed=1).status
+    assert all(r.image_digest == digest for r in status.runs if r.state == "Running")

@@ -145,6 +145,14 @@ def test_campaign_launches_jobs_then_runs_to_success(crd, operator, apis) -> Non
     TIMINGS["apply_to_succeeded_s"] = time.monotonic() - t0
     check_finished(status, doc["spec"]["budget"]["flops"])
     assert status.run_counts.succeeded == len(status.runs)
+    # metav1 conditions: kubectl waits on them as on a Job's (kubectl 1.27 against this 1.20 server)
+    waited = cp.kubectl("wait", "--for=condition=Complete", "tc/tiny", "-n", ns, "--timeout=60s")
+    assert "condition met" in waited.stdout, waited.stdout
+    (complete,) = [c for c in status.conditions if c.type == "Complete"]
+    assert complete.status == "True" and complete.reason == "Recommended" and complete.observed_generation == 1
+    assert all(c.reason and c.last_transition_time for c in status.conditions)
+    not_failed = cp.kubectl("wait", "--for=condition=Failed", "tc/tiny", "-n", ns, "--timeout=2s", check=False)
+    assert not_failed.returncode != 0
     # one Job and one Pod per run, never two
     assert all(len(uids) == 1 for uids in node.job_uids_per_run.values()), node.job_uids_per_run
     assert all(len(uids) == 1 for uids in node.pods_per_run.values()), node.pods_per_run

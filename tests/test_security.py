@@ -38,8 +38,13 @@ EXTRAS = {
     "override": {"trainer": {"command": ["python", "-m", "my_trainer"], "args": ["--fast"],
                              "resources": {"limits": {"memory": "4Gi"}}},
                  "dataset": {"path": "tokens", "claimName": "shards"}},
-    "scheduled": {"gpuPool": {"nodeSelector": {"pool": "a100"}, "queueName": "research",
+    "scheduled": {"gpuPool": {"nodeSelector": {"pool": "a100"}, "queueName": "research", "priorityClass": "low",
                               "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}},
+    "overlay": {"trainer": {"podTemplate": {"metadata": {"annotations": {"example.com/a": "b"}},
+                                            "spec": {"priorityClassName": "high", "containers": [{
+                                                "name": "trainer", "env": [{"name": "X", "value": "1"}],
+                                                "securityContext": {"runAsUser": 20000}}],
+                                                     "volumes": [{"name": "scratch", "emptyDir": {}}]}}}},
 }
 
 
@@ -156,6 +161,8 @@ UNUSED_BY_DESIGN = {
     "never launched (the chaos and Job-deleted tests)",
     ("", "services", "create"): "rendezvous Services of multi-node runs, which need Indexed Jobs (Kubernetes 1.22+; "
     "this server is 1.20)",
+    ("", "services", "delete"): "spec.cleanup of a multi-node run (Kubernetes 1.22+)",
+    ("", "configmaps", "delete"): "spec.cleanup of a finished run (test_cleanup_cluster)",
     ("events.k8s.io", "events", "create"): "events.k8s.io/v1: newer clients post events there",
 }
 

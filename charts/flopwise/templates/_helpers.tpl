@@ -81,14 +81,14 @@ app.kubernetes.io/part-of: flopwise
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
-# one ConfigMap per run holding its RunSpec
+# one ConfigMap per run holding its RunSpec, and rendezvous Services of multi-node (Indexed Job) runs: deleted
+# by spec.cleanup once the run's result is in the status
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [list, create]
-# rendezvous Services of multi-node (Indexed Job) runs
+  verbs: [list, create, delete]
 - apiGroups: [""]
   resources: [services]
-  verbs: [create]
+  verbs: [create, delete]
 - apiGroups: ["", events.k8s.io]
   resources: [events]
   verbs: [create]

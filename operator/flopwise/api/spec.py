@@ -326,8 +326,18 @@ class Resources(ApiModel):
     limits: dict[str, Annotated[str, Field(max_length=64)]] = Field(default_factory=dict)
 
 
+_QUANTITY = re.compile(r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
+                       r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+
+
+def _quantity(value: str | None, field: str) -> None:
+    if value is not None and not _QUANTITY.match(value):
+        raise FieldProblem(field, f"{_short(value)} is not a Kubernetes quantity (e.g. 8, 500m, 64Gi)")
+
+
 class Trainer(ApiModel):
-    """The trainer container: the image, an optional exec-form command override, resources."""
+    """The trainer container and its Pod: the image, an optional exec-form command override, resources, the
+    GPU-ready defaults (shared memory, CPU and memory requests per GPU) and an overlay for the rest."""
 
     image: str = Field(default="ghcr.io/flopwise/trainer:0.1.0", min_length=1, max_length=512)
     command: list[Annotated[str, Field(max_length=4096)]] | None = Field(default=None, max_length=64)
@@ -342,6 +352,41 @@ class Trainer(ApiModel):
         default=300, ge=0, le=86_400,
         description="time a trainer Pod gets after SIGTERM (deadline, preemption, suspension, cancellation) to "
                     "checkpoint and report; the ledger reserves it, since the GPUs are held until the Pod ends")
+    shm_size: str | None = Field(default=None, max_length=32, description="size of /dev/shm, a memory-backed "
+                                 "emptyDir (NCCL, data loaders); default 8Gi per GPU of the Pod, 1Gi on CPU pools")
+    cpu_per_gpu: str = Field(default="8", max_length=32, description="CPU request per GPU of a GPU pool's Pod "
+                             "(unless resources.requests.cpu is given)")
+    memory_per_gpu: str = Field(default="64Gi", max_length=32, description="memory request per GPU of a GPU "
+                                "pool's Pod (unless resources.requests.memory is given)")
+    pod_template: dict[str, Any] | None = Field(
+        default=None, description="a partial Pod template ({metadata: {labels, annotations}, spec}) merged into "
+        "every trainer Pod: env, volumes, affinity, priorityClassName, imagePullSecrets, sidecars… (containers, "
+        "env, volumes merged by name; the trainer container is named trainer). It cannot weaken the restricted "
+        "security context: anything that would is refused, naming the field")
+
+    @model_validator(mode="after")
+    def _gpu_ready(self) -> Trainer:
+        _quantity(self.shm_size, "shmSize")
+        _quantity(self.cpu_per_gpu, "cpuPerGpu")
+        _quantity(self.memory_per_gpu, "memoryPerGpu")
+        if self.pod_template is not None:
+            from flopwise.api.podtemplate import problems
+
+            found = problems(self.pod_template)
+            if found:
+                where, why = found[0]
+                raise FieldProblem(f"podTemplate.{where}", f"{why}" + (
+                    f" (and {len(found) - 1} more)" if len(found) > 1 else ""))
+        return self
+
+
+class Cleanup(ApiModel):
+    """What becomes of a finished run's Job, its Pods and its ConfigMap once its result is in the status."""
+
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, le=31_536_000, description="delete them this long after the run's result was written to "
+        "the status (0: at once); unset: keep them until the campaign is deleted")
+    keep_failed: bool = Field(default=False, description="keep failed runs' Jobs and Pods (their logs) anyway")
 
 
 class Final(ApiModel):
@@ -373,6 +418,7 @@ class TrainingCampaignSpec(ApiModel):
     final: Final = Field(default_factory=Final)
     suspend: bool = Field(default=False, description="stop launching and stop the running Jobs (suspended where "
                           "the server can, else deleted; checkpoints kept); false again resumes where it stopped")
+    cleanup: Cleanup = Field(default_factory=Cleanup)
 
     @model_validator(mode="after")
     def _schedules_fit_the_design(self) -> TrainingCampaignSpec:

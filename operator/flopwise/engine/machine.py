@@ -44,6 +44,7 @@ from flopwise.api.status import (
 )
 from flopwise.contract import ModelShape, RunSummary
 from flopwise.engine import analysis, conclude, ledger, records
+from flopwise.engine.fits import FitRequest, Fitter, request_for, run_fit
 from flopwise.fitting.fit import COARSE_GRID, HOFFMANN_GRID, StartGrid
 from flopwise.fitting.points import FitInputError
 from flopwise.planning.budget import Pool
@@ -62,10 +63,12 @@ DISTINCT_LR = math.log(1.25)  # Round 2 compares learning rates at least this fa
 @dataclass(frozen=True)
 class EngineOptions:
     """How hard the engine fits: the final fit bootstraps ``bootstrap_resamples`` times from ``fit_grid``
-    (Hoffmann's 4500 starts). Intermediate refits after each ladder run skip the bootstrap."""
+    (Hoffmann's 4500 starts). Intermediate refits after each ladder run skip the bootstrap. ``fitter``: who fits
+    (engine/fits.py; None: inline); one that answers "not yet" makes the engine wait for that fit alone."""
 
     bootstrap_resamples: int = 200
     fit_grid: StartGrid = HOFFMANN_GRID
+    fitter: Fitter | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ class Observation:
     summary: RunSummary | None = None
     pods: tuple[PodUsage, ...] | None = None
     cut: str | None = None
+    image_digest: str | None = None  # the trainer image's digest, where a Pod status shows one
 
 
 @dataclass
@@ -144,6 +148,7 @@ class _Engine:
         self.resumes: list[RunRecord] = []
         self.rearms: list[RunRecord] = []
         self.events: list[tuple[str, str]] = []
+        self.fit_pending = False  # a fit this step needs is being computed elsewhere: its phase waits for it
 
     # ---------------------------------------------------------------------------------------------- steps
     def step(self, observations: list[Observation]) -> None:
@@ -204,6 +209,8 @@ class _Engine:
             if record is None or record.state not in LIVE_STATES:
                 continue  # unknown or already settled: observing twice changes nothing
             pods_changed, another = self._track_pods(record, obs.pods) if obs.pods is not None else (False, False)
+            if obs.image_digest and record.image_digest != obs.image_digest:
+                record.image_digest = obs.image_digest
             if another and obs.state == "running":
                 self.rearms.append(record)  # re-admitted or replaced: its deadline must count the earlier Pods
             if obs.state in ("failed", "lost", "absent") and obs.pods and any(p.finished_at is None for p in obs.pods):
@@ -365,7 +372,8 @@ class _Engine:
         update: dict[str, object] = {
             "run_id": f"{record.planned_id}-a{len(attempts)}", "attempt": len(attempts), "state": "Pending",
             "reserved": Charge(), "spent": Charge(), "result": None, "reason": f"retry of {record.run_id}",
-            "launched_at": None, "finished_at": None, "relaunches": 0, "seen_running": False, "pods": []}
+            "launched_at": None, "finished_at": None, "relaunches": 0, "seen_running": False, "pods": [],
+            "image": None, "image_digest": None}
         if resume is not None:
             source, kept, step, tokens = resume
             update.update(resume_from=source, resume_step=kept, start_step=step, tokens=tokens,
@@ -582,6 +590,12 @@ class _Engine:
         return f"lr {lr:.3g} at every width (muP: the base learning rate transfers)"
 
     # Ladder ------------------------------------------------------------------------------------------------
+    def _fitted(self, request: FitRequest) -> conclude.Conclusion | None:
+        """The conclusion from the fitter (None: still being computed elsewhere; the step waits for it)."""
+        found = (self.options.fitter or run_fit)(request)
+        self.fit_pending = self.fit_pending or found is None
+        return found
+
     def _ladder(self) -> None:
         done = self._phase_done("ladder", "seed")
         finished = [r for r in self.status.runs if r.role in ("ladder", "seed") and conclude.is_point(r)]
@@ -607,12 +621,14 @@ class _Engine:
         plan = self.status.plan
         assert plan is not None
         try:
-            found = conclude.conclude_ladder(self.status.runs, flops=final_budget(self.spec),
+            found = self._fitted(request_for(self.status.runs, flops=final_budget(self.spec),
                                              prior=allocation_rule(self.spec.law), resamples=0, seed=self.seed,
-                                             grid=COARSE_GRID, backtest_holdout=False)
+                                             grid=COARSE_GRID, backtest_holdout=False))
         except FitInputError as error:
             self._condition("FitReady", "False", "NotEnoughRuns", str(error))
             return
+        if found is None:
+            return  # being computed elsewhere: the status shows it on a later pass, if still the newest
         self.status.law = found.status.model_copy(update={"input_runs": offered, "identified": None})
         self.status.prediction = found.predict(plan.target.params, plan.target.tokens)
         self._condition("FitReady", "True", "Interim", f"interim {found.status.mode} fit on {found.status.n_points} "
@@ -627,19 +643,22 @@ class _Engine:
     def _conclude(self, extra: list[RunRecord] | None = None) -> conclude.Conclusion | None:
         """The ladder's law and allocation (with intervals), the target re-planned on it, and the prediction.
         With ``extra`` (the partial leg) the final run is already committed: the target stays, the law, the
-        allocation and the prediction are refreshed. Returns None when the campaign failed for want of a law."""
+        allocation and the prediction are refreshed. Returns None when the campaign failed for want of a law, or
+        while the fit is computed elsewhere (`self.fit_pending`)."""
         plan = self.status.plan
         assert plan is not None
         try:
-            found = conclude.conclude_ladder(self.status.runs, flops=final_budget(self.spec),
+            found = self._fitted(request_for(self.status.runs, flops=final_budget(self.spec),
                                              prior=allocation_rule(self.spec.law),
                                              resamples=self.options.bootstrap_resamples, seed=self.seed,
-                                             grid=self.options.fit_grid, floor_sd=self._floor_sd(), extra=extra)
+                                             grid=self.options.fit_grid, floor_sd=self._floor_sd(), extra=extra))
         except FitInputError as error:
             if extra:
                 raise
             self._fail("FitFailed", f"the ladder finished without a law: {error}")
             return None
+        if found is None:
+            return None  # being computed elsewhere: the phase waits for it
         offered = sum(1 for r in self.status.runs if r.role in ("ladder", "seed") and conclude.is_point(r))
         self.status.law = found.status.model_copy(update={"input_runs": offered})
         allocation = found.allocation
@@ -694,7 +713,7 @@ class _Engine:
                 self._partial_failed(check)
             elif leg is not None and leg.state == "Succeeded":
                 self._partial_update(check, leg)
-        if not self._phase_done("final"):
+        if not self._phase_done("final") or self.fit_pending:
             return
         main = self._latest(plan.final.runs[-1].run_id) if plan.final.runs else None
         if check is not None and main is not None and main.state == "Succeeded" and main.result is not None:
@@ -953,7 +972,7 @@ class _Engine:
                 continue
             ledger.reserve(record, charge)
             ledger.check(self.status.runs, self._limits())
-            record.state, record.launched_at = "Running", self.now
+            record.state, record.launched_at, record.image = "Running", self.now, self.spec.trainer.image
             self.launches.append(record)
             self._event("RunLaunched", f"{record.run_id}: {record.params:,} params, {record.tokens:,} tokens, "
                         f"lr {record.learning_rate:.3g}")

@@ -66,7 +66,7 @@ def compact_pod(body: Mapping[str, Any]) -> dict[str, Any]:
                                     "finishedAt": terminated.get("finishedAt")}}
         elif running:
             state = {"running": {"startedAt": running.get("startedAt")}}
-        statuses.append({"name": status.get("name"), "state": state})
+        statuses.append({"name": status.get("name"), "state": state, "imageID": status.get("imageID") or ""})
     meta = {"uid": get_path(body, "metadata", "uid"), "annotations": _annotations(body),
             "labels": {"controller-uid": (get_path(body, "metadata", "labels") or {}).get("controller-uid")}}
     if get_path(body, "metadata", "deletionTimestamp"):

@@ -135,6 +135,18 @@ def pod_usage(pod: dict[str, Any], gpus: int, now: float) -> PodUsage | None:
     return PodUsage(uid=uid, gpus=gpus, started_at=start, finished_at=None if end is None else max(start, end))
 
 
+def image_digest(pod: dict[str, Any]) -> str | None:
+    """The trainer image's digest as the kubelet reports it (`imageID`: `docker-pullable://repo@sha256:…`,
+    `repo@sha256:…` or `sha256:…`), or None where the Pod status shows none."""
+    for status in get_path(pod, "status", "containerStatuses") or []:
+        if status.get("name") == jobs.CONTAINER:
+            image_id = str(status.get("imageID") or "")
+            at = image_id.rfind("sha256:")
+            if at >= 0 and len(image_id) - at >= 71:
+                return image_id[at:at + 71]
+    return None
+
+
 def completion_index(pod: dict[str, Any]) -> int:
     """A Pod's node rank in a multi-node (Indexed) Job; 0 for an ordinary Job's only Pod."""
     value = (get_path(pod, "metadata", "annotations") or {}).get("batch.kubernetes.io/job-completion-index", "0")
@@ -155,8 +167,11 @@ def observe_run(run_id: str, snapshot: Snapshot, *, gpus_per_pod: int = 1, now: 
     pods = sorted(snapshot.pods.get(run_id, []), key=completion_index)
     usage = tuple(u for u in (pod_usage(p, gpus_per_pod, now) for p in pods) if u is not None)
 
+    digest = next((d for d in (image_digest(p) for p in reversed(pods)) if d), None)
+
     def seen(state: str, summary: RunSummary | None = None, cut: str | None = None) -> Observation:
-        return Observation(run_id, state, summary, pods=usage, cut=cut)  # type: ignore[arg-type]
+        return Observation(run_id, state, summary, pods=usage, cut=cut,  # type: ignore[arg-type]
+                           image_digest=digest)
 
     job = snapshot.jobs.get(run_id)
     ended = job is not None and (_condition(job, "Failed") or _condition(job, "Complete"))
@@ -219,7 +234,8 @@ class KubernetesExecutor:
 
     def __init__(self, core: Any, batch: Any, *, namespace: str, campaign: str, uid: str,
                  spec: TrainingCampaignSpec, rejected: dict[str, str] | None = None,
-                 forbidden: set[str] | None = None, cache: RunCache | None = None, trust_cache: bool = True):
+                 forbidden: set[str] | None = None, cache: RunCache | None = None, trust_cache: bool = True,
+                 server: tuple[int, int] | None = None, campaign_labels: dict[str, str] | None = None):
         self.core, self.batch = core, batch
         self.namespace, self.campaign, self.uid, self.spec = namespace, campaign, uid, spec
         # Jobs the API server refused as invalid or forbidden (kept by the caller across reconciles; in memory
@@ -228,21 +244,29 @@ class KubernetesExecutor:
         self.forbidden = forbidden if forbidden is not None else set()
         self.cache = cache
         self.trust_cache = trust_cache  # False: observe by listing (the periodic resync), the cache only adds graves
+        self.server = server  # the API server's (major, minor): fields only newer servers have
+        self.campaign_labels = campaign_labels or {}
         self.listed = False  # did the last observe list from the API server (for tests and the benchmark)
 
     # ------------------------------------------------------------------------------------------- observe
     def snapshot(self) -> Snapshot:
+        """The campaign's Jobs, Pods and ConfigMaps listed. The periodic resync (the cache not trusted) reads the
+        API server's watch cache (resourceVersion=0: no etcd quorum read for a hundred campaigns a minute);
+        confirming a failure, a loss or an absence reads etcd."""
         selector = jobs.campaign_selector(self.campaign)
         snap = Snapshot(rejected=dict(self.rejected), forbidden=set(self.forbidden))
-        for job in self.batch.list_namespaced_job(self.namespace, label_selector=selector).items:
+        listing: dict[str, Any] = {"label_selector": selector}
+        if not self.trust_cache:
+            listing["resource_version"] = "0"
+        for job in self.batch.list_namespaced_job(self.namespace, **listing).items:
             job = _to_dict(self.batch, job)
             if self._ours(job):
                 snap.jobs[job["metadata"]["annotations"][jobs.ANNOTATION_RUN_ID]] = job
-        for pod in self.core.list_namespaced_pod(self.namespace, label_selector=selector).items:
+        for pod in self.core.list_namespaced_pod(self.namespace, **listing).items:
             pod = _to_dict(self.core, pod)
             if self._ours(pod):
                 snap.pods.setdefault(pod["metadata"]["annotations"][jobs.ANNOTATION_RUN_ID], []).append(pod)
-        for cm in self.core.list_namespaced_config_map(self.namespace, label_selector=selector).items:
+        for cm in self.core.list_namespaced_config_map(self.namespace, **listing).items:
             cm = _to_dict(self.core, cm)
             if self._ours(cm):
                 snap.config_maps.add(cm["metadata"]["annotations"][jobs.ANNOTATION_RUN_ID])
@@ -303,11 +327,13 @@ class KubernetesExecutor:
         if jobs.is_gpu(self.spec) and self.spec.gpu_pool.nodes_per_run > 1:  # rendezvous for the Indexed Job
             try:
                 self.core.create_namespaced_service(
-                    self.namespace, jobs.rendezvous_service(self.campaign, self.uid, self.namespace, record))
+                    self.namespace, jobs.rendezvous_service(self.campaign, self.uid, self.namespace, record,
+                                                            self.spec))
             except ApiException as error:
                 if error.status != 409:
                     raise
-        job = jobs.run_job(self.campaign, self.uid, self.namespace, record, self.spec)
+        job = jobs.run_job(self.campaign, self.uid, self.namespace, record, self.spec, server=self.server,
+                           campaign_labels=self.campaign_labels)
         try:
             # the raw answer: the client's model objects cost more CPU than the create itself under load
             created = json.loads(self.batch.create_namespaced_job(self.namespace, job, _preload_content=False).data)
@@ -336,13 +362,29 @@ class KubernetesExecutor:
         (SIGTERM, then their grace period). An absent Job is fine."""
         from kubernetes.client.exceptions import ApiException
 
-        name = jobs.job_name(self.campaign, run_id)
+        name = jobs.job_name(self.campaign, run_id, self.spec)
         try:
             self.batch.delete_namespaced_job(name, self.namespace, propagation_policy="Background")
             log.info("deleted Job %s/%s of run %s", self.namespace, name, run_id)
         except ApiException as error:
             if error.status != 404:
                 raise
+
+    def remove(self, run_id: str) -> None:
+        """A finished run whose result is in the status (spec.cleanup): its Job (its Pods by background
+        propagation), its ConfigMap and, for a multi-node run, its rendezvous Service."""
+        from kubernetes.client.exceptions import ApiException
+
+        self.cancel(run_id)
+        deletes = [(self.core.delete_namespaced_config_map, jobs.config_map_name(self.campaign, run_id))]
+        if jobs.is_gpu(self.spec) and self.spec.gpu_pool.nodes_per_run > 1:
+            deletes.append((self.core.delete_namespaced_service, jobs.rendezvous_service_name(self.campaign, run_id)))
+        for delete, name in deletes:
+            try:
+                delete(name, self.namespace)
+            except ApiException as error:
+                if error.status != 404:
+                    raise
 
     def suspend(self, run_id: str, *, server_suspends: bool) -> None:
         """Stop a run for now (spec.suspend): set its Job's `spec.suspend` (the Job controller stops its Pods, the
@@ -355,7 +397,7 @@ class KubernetesExecutor:
             self.cancel(run_id)
             return
         try:
-            self.batch.patch_namespaced_job(jobs.job_name(self.campaign, run_id), self.namespace,
+            self.batch.patch_namespaced_job(jobs.job_name(self.campaign, run_id, self.spec), self.namespace,
                                             {"spec": {"suspend": True}})
         except ApiException as error:
             if error.status != 404:
@@ -367,7 +409,7 @@ class KubernetesExecutor:
         True when a Job was created."""
         from kubernetes.client.exceptions import ApiException
 
-        name = jobs.job_name(self.campaign, record.run_id)
+        name = jobs.job_name(self.campaign, record.run_id, self.spec)
         try:
             job = _to_dict(self.batch, self.batch.read_namespaced_job(name, self.namespace))
         except ApiException as error:
@@ -386,7 +428,7 @@ class KubernetesExecutor:
         when it is admitted; a running one's started at its status.startTime, whose own Pods the deadline bounds."""
         from kubernetes.client.exceptions import ApiException
 
-        name = jobs.job_name(self.campaign, record.run_id)
+        name = jobs.job_name(self.campaign, record.run_id, self.spec)
         try:
             job = _to_dict(self.batch, self.batch.read_namespaced_job(name, self.namespace))
             since = None if job_suspended(job) else timestamp(get_path(job, "status", "startTime"))
