@@ -352,7 +352,7 @@ def test_a_fit_computed_elsewhere_changes_what_is_decided_only_in_when() -> None
             if status is not None and status.phase == "Ladder" and decision.status.phase == "Ladder" and \
                     not any(r.state == "Running" for r in decision.status.runs):
                 waited_in_ladder.append(now)  # every ladder run done, the final fit not back yet: it waits
-                assert not any(r.role == "round1" for r in decision.status.runs)
+                assert not any(r.role == "final" for r in decision.status.runs)
             status = decision.status
             if status.phase in ("Succeeded", "Failed"):
                 break

@@ -79,13 +79,13 @@ def test_gpu_pods_are_fit_carry_labels_record_images_and_are_cleaned_up(crd, ope
     watcher.start()
     deletions.start()
     node = Kubelet(core, batch, ns)
-    node.hold.add("ladder-00")  # its Pod stays up while the test reads it
+    node.hold.add("round1-00")  # its Pod stays up while the test reads it
     try:
         cp.apply_yaml(yaml.safe_dump(doc))
         pod = cp.wait_for(lambda: node.step() >= 0 and next(
-            (p for p in core.list_namespaced_pod(ns, label_selector="flopwise.dev/run=ladder-00").items), None),
-            timeout=60, interval=0.3, what="ladder-00's Pod")
-        job = batch.api_client.sanitize_for_serialization(batch.read_namespaced_job("fit-ladder-00", ns))
+            (p for p in core.list_namespaced_pod(ns, label_selector="flopwise.dev/run=round1-00").items), None),
+            timeout=60, interval=0.3, what="round1-00's Pod")
+        job = batch.api_client.sanitize_for_serialization(batch.read_namespaced_job("fit-round1-00", ns))
         pod = core.api_client.sanitize_for_serialization(pod)
         for where, template in (("the Job's template", job["spec"]["template"]), ("the Pod", pod)):
             spec, meta = template["spec"], template["metadata"]

@@ -128,7 +128,7 @@ def running_pods(core, ns: str, name: str) -> int:
 # ---------------------------------------------------------------------------------------------- deadlines
 def test_a_run_slower_than_its_mfu_estimate_is_stopped_at_its_deadline_and_charged_in_full(crd, operator, apis
                                                                                           ) -> None:
-    """ladder-01 starts and never finishes (slower than any MFU estimate): the real Job controller stops it at
+    """ladder-c0-01 starts and never finishes (slower than any MFU estimate): the real Job controller stops it at
     the deadline the operator set (its reservation's wall time less the grace period), the node answers with the
     trainer's SIGTERM report (checkpointed at half its steps); the run is charged its whole reservation and a
     retry the ledger can afford goes on from that checkpoint. Every status write keeps reserved + spent within
@@ -139,27 +139,27 @@ def test_a_run_slower_than_its_mfu_estimate_is_stopped_at_its_deadline_and_charg
     watcher = LedgerWatch(custom, ns, "slow")
     watcher.start()
     node = Kubelet(core, batch, ns)
-    node.hold.add("ladder-01")
+    node.hold.add("ladder-c0-01")
     t0 = time.monotonic()
     try:
         cp.apply_yaml(yaml.safe_dump(doc))
-        status = drive(cp, node, ns, "slow", timeout=240)
+        status = drive(cp, node, ns, "slow", timeout=300)
     finally:
         watcher.stop()
     by_id = {r.run_id: r for r in status.runs}
-    cut, retry = by_id["ladder-01"], by_id["ladder-01-a1"]
-    job = batch.read_namespaced_job("slow-ladder-01", ns)
+    cut, retry = by_id["ladder-c0-01"], by_id["ladder-c0-01-a1"]
+    job = batch.read_namespaced_job("slow-ladder-c0-01", ns)
     assert any(c.type == "Failed" and c.reason == "DeadlineExceeded" for c in job.status.conditions), job.status
     assert cut.state == "Failed" and cut.reason.startswith("stopped at its deadline (DeadlineExceeded)"), cut.reason
     reserved_s = cut.spent.gpu_hours * 3600.0  # charged in full: its reservation
     compute_s = cut.planned_flops() / (1e10 * 0.2)
     assert reserved_s == pytest.approx(compute_s + SLACK_S + GRACE_S)
     assert job.spec.active_deadline_seconds == math.floor(reserved_s - GRACE_S)  # deadline + grace = reservation
-    real_cut = node.real_gpu_s("ladder-01")
+    real_cut = node.real_gpu_s("ladder-c0-01")
     assert 0 < real_cut <= reserved_s + 1.0  # the Pod held its GPU no longer than reserved (1 s: timestamps)
-    assert retry.resume_from == "ladder-01" and retry.start_step > 0 and retry.state == "Succeeded", retry
-    retry_spec = json.loads(core.read_namespaced_config_map("slow-ladder-01-a1", ns).data["spec.json"])
-    assert retry_spec["resumeFrom"].endswith("/ladder-01")  # the cut run's output folder on the claim
+    assert retry.resume_from == "ladder-c0-01" and retry.start_step > 0 and retry.state == "Succeeded", retry
+    retry_spec = json.loads(core.read_namespaced_config_map("slow-ladder-c0-01-a1", ns).data["spec.json"])
+    assert retry_spec["resumeFrom"].endswith("/ladder-c0-01")  # the cut run's output folder on the claim
     assert retry.tokens < cut.tokens  # reserved (and charged) only what was left
     spent = real_spend_matches(status, node)
     writes = watcher.check(node)
@@ -176,9 +176,9 @@ def test_a_run_slower_than_its_mfu_estimate_is_stopped_at_its_deadline_and_charg
 # ---------------------------------------------------------------------------------------------- Kueue
 def test_a_job_suspended_by_kueue_is_queued_keeps_its_reservation_and_resumes_as_the_same_job(crd, operator, apis
                                                                                              ) -> None:
-    """Kueue preempts ladder-01 once it runs: its Job is suspended (condition Suspended, its Pod stopped with the
-    trainer's SIGTERM report). The run is Queued (not failed, not retried, not counted Running), keeps its
-    reservation, and its Job's deadline is lowered to what is left; re-admitted, the same Job (same uid, same
+    """Kueue preempts round1-00 (the first run) once it runs: its Job is suspended (condition Suspended, its Pod
+    stopped with the trainer's SIGTERM report). The run is Queued (not failed, not retried, not counted Running),
+    keeps its reservation, and its Job's deadline is lowered to what is left; re-admitted, the same Job (same uid, same
     RunSpec and output folder on the claim: the trainer resumes its checkpoint) runs it to the end, charged both
     Pods' GPU time."""
     cp, ns = crd, operator.namespace
@@ -187,19 +187,19 @@ def test_a_job_suspended_by_kueue_is_queued_keeps_its_reservation_and_resumes_as
     watcher = LedgerWatch(custom, ns, "kueue")
     watcher.start()
     node = Kubelet(core, batch, ns)
-    node.hold.add("ladder-01")
-    name = "kueue-ladder-01"
+    node.hold.add("round1-00")
+    name = "kueue-round1-00"
     try:
         cp.apply_yaml(yaml.safe_dump(doc))
         pod = cp.wait_for(lambda: node.step() >= 0 and next(
             (p for p in core.list_namespaced_pod(ns, label_selector=f"job-name={name}").items
-             if p.metadata.uid in node.started), None), timeout=60, interval=0.3, what="ladder-01 running")
+             if p.metadata.uid in node.started), None), timeout=60, interval=0.3, what="round1-00 running")
         job = batch.read_namespaced_job(name, ns)
         assert job.metadata.labels["kueue.x-k8s.io/queue-name"] == "research-gpus"
         assert job.metadata.labels["kueue.x-k8s.io/priority-class"] == "campaign-low"
         uid, first_deadline = job.metadata.uid, job.spec.active_deadline_seconds
-        before = next(r for r in status_of(cp, ns, "kueue").runs if r.run_id == "ladder-01")
-        cp.wait_for(lambda: next(r for r in status_of(cp, ns, "kueue").runs if r.run_id == "ladder-01").pods,
+        before = next(r for r in status_of(cp, ns, "kueue").runs if r.run_id == "round1-00")
+        cp.wait_for(lambda: next(r for r in status_of(cp, ns, "kueue").runs if r.run_id == "round1-00").pods,
                     timeout=30, what="the Pod's start recorded")
         time.sleep(1.5)  # it trains a little
 
@@ -213,13 +213,13 @@ def test_a_job_suspended_by_kueue_is_queued_keeps_its_reservation_and_resumes_as
                     timeout=30, what="the Job controller stopping the Pod")
         node.step()  # the trainer's SIGTERM report, then the Pod is gone
         queued = cp.wait_for(lambda: (s := status_of(cp, ns, "kueue")) and next(
-            (r for r in s.runs if r.run_id == "ladder-01" and r.state == "Queued" and all(
-                p.finished_at for p in r.pods)), None) and s, timeout=30, what="ladder-01 Queued")
-        record = next(r for r in queued.runs if r.run_id == "ladder-01")
+            (r for r in s.runs if r.run_id == "round1-00" and r.state == "Queued" and all(
+                p.finished_at for p in r.pods)), None) and s, timeout=30, what="round1-00 Queued")
+        record = next(r for r in queued.runs if r.run_id == "round1-00")
         assert record.reserved == before.reserved and record.spent.flops == 0 and record.result is None
         assert queued.run_counts.queued == 1 and queued.run_counts.running == sum(
             1 for r in queued.runs if r.state == "Running")
-        assert not any(r.planned_id == "ladder-01" and r.attempt > 0 for r in queued.runs)  # not retried
+        assert not any(r.planned_id == "round1-00" and r.attempt > 0 for r in queued.runs)  # not retried
         used = sum(p.finished_at - p.started_at for p in record.pods)
         expected = math.floor(record.reserved.gpu_hours * 3600 - used - GRACE_S)
         lowered = cp.wait_for(lambda: batch.read_namespaced_job(name, ns).spec.active_deadline_seconds == expected
@@ -227,7 +227,7 @@ def test_a_job_suspended_by_kueue_is_queued_keeps_its_reservation_and_resumes_as
         assert used > 0 and lowered < first_deadline
 
         # re-admitted: the same Job makes a new Pod, which finishes
-        node.hold.discard("ladder-01")
+        node.hold.discard("round1-00")
         batch.patch_namespaced_job_status(name, ns, {"status": {"conditions": [{
             "type": "Suspended", "status": "False", "reason": "JobResumed", "message": "Job resumed",
             "lastProbeTime": now, "lastTransitionTime": now}]}})
@@ -235,15 +235,15 @@ def test_a_job_suspended_by_kueue_is_queued_keeps_its_reservation_and_resumes_as
         status = drive(cp, node, ns, "kueue", timeout=180)
     finally:
         watcher.stop()
-    done = next(r for r in status.runs if r.run_id == "ladder-01")
+    done = next(r for r in status.runs if r.run_id == "round1-00")
     assert done.state == "Succeeded" and done.attempt == 0 and not done.relaunches
     assert batch.read_namespaced_job(name, ns).metadata.uid == uid  # the same Job
-    assert len(node.pods_per_run["ladder-01"]) == 2
-    assert done.spent.gpu_hours * 3600 == pytest.approx(node.real_gpu_s("ladder-01"))  # both Pods' GPU time
+    assert len(node.pods_per_run["round1-00"]) == 2
+    assert done.spent.gpu_hours * 3600 == pytest.approx(node.real_gpu_s("round1-00"))  # both Pods' GPU time
     events = cp.kubectl_json("get", "events", "-n", ns, "--field-selector", "involvedObject.name=kueue")["items"]
     reasons = [e["reason"] for e in events]
     assert "RunPreempted" in reasons and "RunAdmitted" in reasons and not any(
-        e["reason"] == "RunFailed" and "ladder-01" in e["message"] for e in events)
+        e["reason"] == "RunFailed" and "round1-00" in e["message"] for e in events)
     real_spend_matches(status, node)
     writes = watcher.check(node)
     FIGURES["kueue"] = {"queued_with_reserved_usd": round(record.reserved.usd, 2), "used_before_preemption_s": used,
@@ -271,7 +271,7 @@ def test_suspend_stops_the_jobs_keeps_the_reservations_and_resumes_charging_what
     watcher = LedgerWatch(custom, ns, "pause")
     watcher.start()
     node = Kubelet(core, batch, ns)
-    node.hold.update({"ladder-00", "seed-01", "seed-02", "ladder-01"})
+    node.hold.update({"round1-00", "round1-01"})
     try:
         cp.apply_yaml(yaml.safe_dump(doc))
         _running(cp, node, ns, "pause", batch)
@@ -323,7 +323,7 @@ def test_a_failed_or_deleted_campaign_leaves_no_running_job(crd, operator, apis)
     for name in ("fails", "deleted"):
         cp.apply_yaml(yaml.safe_dump(priced_campaign(name, ns)))
     node = Kubelet(core, batch, ns)
-    node.hold.update({"ladder-00", "seed-01", "seed-02", "ladder-01"})
+    node.hold.update({"round1-00", "round1-01"})
     cp.wait_for(lambda: node.step() >= 0 and len(node.started) >= 4, timeout=60, interval=0.3,
                 what="both campaigns' first Pods running")
     time.sleep(1.0)
