@@ -13,7 +13,7 @@ requests in an idle window after every campaign is terminal, and API requests pe
 `apiserver_request_total` (before vs after), split into the benchmark's own requests (counted client-side), the
 controller-manager's (Pod creates, Job status writes, its Events) and the remainder (the operator).
 
-    python benchmarks/operator_bench.py [--campaigns 100] [--timeout 900] [--idle 20]
+    python benchmarks/operator_bench.py [--campaigns 100] [--timeout 900] [--idle 20] [--baseline-fit-workers 0]
 """
 
 from __future__ import annotations
@@ -401,8 +401,31 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=8, help="the operator's --workers")
     ap.add_argument("--fit-workers", type=int, default=None, help="the operator's --fit-workers (default: its own)")
     ap.add_argument("--fit-grid", choices=["coarse", "hoffmann"], default="coarse")
+    ap.add_argument("--baseline-fit-workers", type=int, default=None,
+                    help="first run the same load with the operator's --fit-workers N (0: every fit inline on the "
+                         "reconcile threads, the design before the fit pool), then print both side by side")
     ap.add_argument("--keep", action="store_true", help="keep the control plane's folder and the operator log")
     args = ap.parse_args()
+    if args.baseline_fit_workers is None:
+        return bench(args, args.fit_workers)[0]
+    print(f"=== baseline: --fit-workers {args.baseline_fit_workers}")
+    base_code, base = bench(args, args.baseline_fit_workers)
+    print(f"\n=== now: --fit-workers {'default' if args.fit_workers is None else args.fit_workers}")
+    code, now = bench(args, args.fit_workers)
+    print(f"\n=== side by side, {args.campaigns} campaigns, the same load, one run after the other")
+    width = max(len(label) for label in now)
+    print(f"{'measure':<{width}} | {f'baseline (fit workers {args.baseline_fit_workers})':<34} | {'now':<34} | "
+          "target")
+    for label, (value, target, ok) in now.items():
+        before = base.get(label, ("-", "", None))[0]
+        verdict = "" if ok is None else " PASS" if ok else " MISS"
+        print(f"{label:<{width}} | {before:<34} | {value:<34} | {target}{verdict}")
+    return max(base_code, code)
+
+
+def bench(args: argparse.Namespace, fit_workers: int | None) -> tuple[int, dict[str, tuple[str, str, bool | None]]]:
+    """One run: a fresh control plane, one operator with ``fit_workers``, the campaigns to the end. Returns the exit
+    code and the table's rows (measure → value, target, met)."""
     n = args.campaigns
 
     count_client_requests()
@@ -449,7 +472,7 @@ def main() -> int:
         print(f"idle control plane: {background_rate:.2f} API requests/s (background)")
 
         op = Operator(cp, ns, logdir / "operator.log", args.bootstrap_resamples, args.fit_grid, args.workers,
-                      args.fit_workers)
+                      fit_workers)
         t_op = time.monotonic()
         cp.wait_for(op.ready, timeout=60, interval=0.2, what="the operator's liveness endpoint")
         print(f"operator pid {op.pid} ready in {time.monotonic() - t_op:.1f} s "
@@ -661,7 +684,7 @@ def main() -> int:
             print(f"  e.g. {e['involvedObject'].get('kind')}/{e['involvedObject'].get('name')} {e.get('reason')}: "
                   f"{(e.get('message') or '')[:300]}")
         report_log(op.log)
-        return 0 if not unfinished else 1
+        return (0 if not unfinished else 1), {label: (value, target, ok) for label, value, target, ok in rows}
     finally:
         stop.set()
         if op is not None:
