@@ -48,14 +48,18 @@ class JobDeletions(threading.Thread):
     def run(self) -> None:
         from kubernetes import watch
 
+        version = None  # each stream goes on where the last ended: a deletion between two is not missed
         while not self.stopped.is_set():
             try:
                 for event in watch.Watch().stream(self.batch.list_namespaced_job, self.ns, timeout_seconds=2,
-                                                  label_selector=f"flopwise.dev/campaign={self.name}"):
+                                                  label_selector=f"flopwise.dev/campaign={self.name}",
+                                                  resource_version=version):
+                    job = event["object"]
+                    version = job.metadata.resource_version
                     if event["type"] == "DELETED":
-                        job = event["object"]
                         self.deleted[job.metadata.annotations["flopwise.dev/run-id"]] = time.time()
-            except Exception:
+            except Exception:  # a broken or expired stream: start again from now
+                version = None
                 time.sleep(0.2)
 
     def stop(self) -> None:
