@@ -29,7 +29,9 @@ def priced_spec():
     """The tiny test campaign with a price: $1 per GPU-second and a dollar limit near the FLOP limit, so
     either can bind depending on the MFU the runs measure."""
     doc = yaml.safe_load((Path(__file__).parent / "data" / "tiny-campaign.yaml").read_text())
-    doc["spec"]["gpuPool"].update(peakFlops=1e11, expectedMfu=0.3, pricePerGpuHour=3600.0)
+    # no start-up slack or grace period: at $1 per GPU-second they would cost more than the runs
+    doc["spec"]["gpuPool"].update(peakFlops=1e11, expectedMfu=0.3, pricePerGpuHour=3600.0, startupSlackSeconds=0)
+    doc["spec"]["trainer"] = {"terminationGracePeriodSeconds": 0}
     doc["spec"]["budget"]["usd"] = 4.4  # 1.2e11 FLOPs at 3e10 FLOP/s is 4 GPU-seconds: $4.00
     return parse_campaign(doc).spec
 
@@ -317,3 +319,47 @@ def test_planned_sections_cannot_change_and_the_refusal_names_them() -> None:
                          options=FAST)
     (cleared,) = [c for c in reverted.status.conditions if c.type == "SpecChangeRefused"]
     assert cleared.status == "False"
+
+
+def test_a_fit_computed_elsewhere_changes_what_is_decided_only_in_when() -> None:
+    """With a fitter that answers "not yet" the first time a fit is asked (the operator's process pool), the ladder
+    goes on launching the runs that need no fit and waits for its final fit instead of failing or moving on without
+    it. Deferring the final fits only, the campaign ends with exactly the decisions of fits made inline; deferring
+    every fit, the intermediate refits (after each ladder run: progress and a re-plan, superseded by the next run)
+    may never land, and the law, the tuning and every run still come out the same."""
+    import dataclasses
+
+    from flopwise.engine.fits import run_fit
+
+    inline = drive_to_the_end(restart_every_step=False)
+    for defer_all in (False, True):
+        asked: set[str] = set()
+        waited_in_ladder = []
+
+        def later(request, asked=asked, defer_all=defer_all):
+            if request.key in asked or not (defer_all or request.resamples or request.extra):
+                return run_fit(request)
+            asked.add(request.key)
+            return None
+
+        options = dataclasses.replace(FAST, fitter=later)
+        status, now = None, 0.0
+        for _ in range(300):
+            now += 1
+            observations = [Observation(r.run_id, "succeeded", summary_for(r)) for r in
+                            (status.runs if status else []) if r.state == "Running"]
+            decision = reconcile(SPEC, status, observations, now=now, options=options)
+            if status is not None and status.phase == "Ladder" and decision.status.phase == "Ladder" and \
+                    not any(r.state == "Running" for r in decision.status.runs):
+                waited_in_ladder.append(now)  # every ladder run done, the final fit not back yet: it waits
+                assert not any(r.role == "final" for r in decision.status.runs)
+            status = decision.status
+            if status.phase in ("Succeeded", "Failed"):
+                break
+        assert status.phase == inline.phase == "Succeeded" and waited_in_ladder
+        assert status.law == inline.law and status.tuning.round1_best_lr == inline.tuning.round1_best_lr
+        assert [(r.run_id, r.state, r.result) for r in status.runs] == [(r.run_id, r.state, r.result)
+                                                                        for r in inline.runs]
+        assert status.ledger.spent_flops == inline.ledger.spent_flops
+        if not defer_all:
+            assert status.recommendation == inline.recommendation and status.plan == inline.plan

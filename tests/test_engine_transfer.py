@@ -225,7 +225,10 @@ def test_partial_target_check_anchors_the_prediction_on_the_targets_own_annealed
 
 
 PARTIAL_SPEC = spec_with(**PARTIAL, **{"gpuPool.pricePerGpuHour": 3600.0, "gpuPool.peakFlops": 1e11,
-                                       "gpuPool.expectedMfu": 0.3, "budget.usd": 13.0})
+                                       "gpuPool.expectedMfu": 0.3, "budget.usd": 13.0,
+                                       # at $1 per GPU-second a start-up slack or grace period would cost more
+                                       # than the runs
+                                       "gpuPool.startupSlackSeconds": 0, "trainer.terminationGracePeriodSeconds": 0})
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow],

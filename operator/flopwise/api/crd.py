@@ -62,6 +62,8 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
             continue  # Kubernetes 1.20 rejects empty-string defaults; absent and "" mean the same to pydantic
         elif key == "properties":
             out[key] = {name: _structural(prop, defs) for name, prop in value.items()}
+        elif key == "additionalProperties" and value is True:  # free-form (trainer.podTemplate): kept, not pruned
+            out["x-kubernetes-preserve-unknown-fields"] = True
         elif (key == "additionalProperties" and isinstance(value, dict)) or key in ("items",):
             out[key] = _structural(value, defs)
         else:
@@ -113,7 +115,10 @@ def _without_defaults(node: Any) -> Any:
 
 
 def _status_schema() -> dict[str, Any]:
-    return _without_defaults(openapi_schema(TrainingCampaignStatus, mode="serialization"))
+    schema = _without_defaults(openapi_schema(TrainingCampaignStatus, mode="serialization"))
+    # conditions are a map keyed by type (metav1.Condition's convention): server-side apply and tools merge them
+    schema["properties"]["conditions"].update({"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
+    return schema
 
 
 PRINTER_COLUMNS = [

@@ -6,9 +6,9 @@ and the predictions, run counts and `conditions` with `observedGeneration`.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from flopwise.api.spec import ApiModel, Dataset, Ladder, ModelFamily, PlanningLaw, Tuning
 from flopwise.contract import ModelShape, ScheduleSpec
@@ -17,15 +17,39 @@ Phase = Literal["Pending", "Planned", "Round1", "Round2", "Ladder", "Final", "Su
 RunRole = Literal["ladder", "round1", "round2", "final", "seed"]
 
 
-class Condition(ApiModel):
-    """A Kubernetes-style condition (type, status, reason, message, observedGeneration)."""
+CONDITION_TYPE = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                  r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$")
+CONDITION_REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 
-    type: str = Field(max_length=316)
+
+class Condition(ApiModel):
+    """A condition in metav1.Condition's form (what `kubectl wait --for=condition=…` and every Kubernetes tool
+    read): type, status, a CamelCase reason, message, lastTransitionTime (required) and observedGeneration. The
+    campaign's types: Complete and Failed (as a batch/v1 Job's), Suspended, Degraded, Planned, FitReady,
+    LRTransfers, BudgetExhausted, BudgetBelowSpent, SpecChangeRefused, SpecValid, MultiNodeUnavailable."""
+
+    type: str = Field(max_length=316, pattern=CONDITION_TYPE)
     status: Literal["True", "False", "Unknown"]
-    reason: str = Field(default="", max_length=1024)
+    reason: str = Field(min_length=1, max_length=1024, pattern=CONDITION_REASON)
     message: str = Field(default="", max_length=32768)
-    last_transition_time: str | None = None
+    last_transition_time: str = Field(json_schema_extra={"format": "date-time"})
     observed_generation: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_statuses(cls, data: Any) -> Any:
+        """Statuses written before conditions followed metav1 may lack a reason or a transition time."""
+        if isinstance(data, dict):
+            data = dict(data)
+            for key in ("reason",):
+                if not data.get(key):
+                    data[key] = "Unknown"
+            for key in ("lastTransitionTime", "last_transition_time"):
+                if key in data and not data[key]:
+                    del data[key]
+            if not data.get("lastTransitionTime") and not data.get("last_transition_time"):
+                data["lastTransitionTime"] = "1970-01-01T00:00:00Z"
+        return data
 
 
 class PlannedRun(ApiModel):
@@ -211,9 +235,13 @@ class RunCounts(ApiModel):
     succeeded: int = Field(default=0, ge=0)
     failed: int = Field(default=0, ge=0)
     lost: int = Field(default=0, ge=0)
+    queued: int = Field(default=0, ge=0, description="launched, waiting for admission (Kueue) or preempted")
+    suspended: int = Field(default=0, ge=0, description="stopped by spec.suspend")
 
 
-RunState = Literal["Pending", "Running", "Succeeded", "Failed", "Lost"]
+RunState = Literal["Pending", "Running", "Queued", "Suspended", "Succeeded", "Failed", "Lost"]
+LIVE_STATES = ("Running", "Queued", "Suspended")
+"""A run in these states holds a reservation and may have a Job."""
 
 
 class Charge(ApiModel):
@@ -245,6 +273,16 @@ class RunResult(ApiModel):
     mfu: float | None = Field(default=None, ge=0)
     elapsed_s: float = Field(default=0.0, ge=0)
     curve: list[CurveSample] = Field(default_factory=list, max_length=64)
+
+
+class PodTime(ApiModel):
+    """GPU time one Pod of a run held: from the Pod's start (the kubelet took it) to its end, on its GPUs. What a
+    run is charged on a cluster, whatever its report says."""
+
+    uid: str = Field(max_length=64)
+    gpus: int = Field(ge=0)
+    started_at: float = Field(description="seconds since the epoch")
+    finished_at: float | None = Field(default=None, description="unset while the Pod runs")
 
 
 class RunRecord(ApiModel):
@@ -288,6 +326,11 @@ class RunRecord(ApiModel):
     def trajectory_tokens(self) -> int:
         """Tokens of the whole schedule this record ends: the point it puts on the loss surface."""
         return (self.stop_at_step or self.steps) * self.batch_size * self.shape.seq_len
+    pods: list[PodTime] = Field(default_factory=list, max_length=4096, description="while it is live: the GPU "
+                                "time of each Pod seen (folded into spent when it settles)")
+    image: str | None = Field(default=None, max_length=512, description="the trainer image it was launched with")
+    image_digest: str | None = Field(default=None, max_length=71, description="that image's sha256 digest, as a Pod "
+                                     "status showed it")
 
     def train_steps(self) -> int:
         """Optimiser steps this record trains: its leg of the schedule."""
@@ -443,7 +486,7 @@ class TrainingCampaignStatus(ApiModel):
     phase: Phase = "Pending"
     observed_generation: int | None = Field(default=None, ge=0)
     message: str = Field(default="", max_length=32768)
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list, description="metav1.Condition, one per type")
     plan: Plan | None = None
     planned_spec: PlannedSpec | None = None
     ledger: LedgerTotals = Field(default_factory=LedgerTotals)

@@ -35,11 +35,14 @@ import click
               help="name of the Lease")
 @click.option("--workers", type=click.IntRange(min=1, max=64), default=8, show_default=True,
               help="reconcile threads (one campaign is never reconciled by two at once)")
+@click.option("--fit-workers", type=click.IntRange(min=0, max=64), default=None,
+              help="processes that fit scaling laws off the reconcile threads (default: the CPUs, at most 4; "
+                   "0: fit inline)")
 @click.option("--verbose", "-v", is_flag=True)
 def command(namespaces: tuple[str, ...], all_namespaces: bool, liveness: str | None, metrics_address: str,
             metrics_port: int, kubeconfig: str | None,
             bootstrap_resamples: int, fit_grid: str, leader_election: bool, leader_election_namespace: str | None,
-            leader_election_name: str, workers: int, verbose: bool) -> None:
+            leader_election_name: str, workers: int, fit_workers: int | None, verbose: bool) -> None:
     """Run the TrainingCampaign operator until interrupted."""
     if bool(namespaces) == all_namespaces:
         raise click.UsageError("give --namespace NS (one or more) or --all-namespaces")
@@ -53,6 +56,11 @@ def command(namespaces: tuple[str, ...], all_namespaces: bool, liveness: str | N
                                               fit_grid=COARSE_GRID if fit_grid == "coarse" else HOFFMANN_GRID)
     handlers.SETTINGS.kubeconfig = kubeconfig
     handlers.SETTINGS.workers = workers
+    if fit_workers is None:
+        import os
+
+        fit_workers = max(1, min(4, len(os.sched_getaffinity(0))))
+    handlers.SETTINGS.fit_workers = fit_workers
     if leader_election:
         import os
 

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from flopwise.api.status import RunRecord
+from flopwise.api.status import LIVE_STATES, RunRecord
 from flopwise.contract import RunSpec, RunSummary
 from flopwise.engine.machine import Observation
 
@@ -42,7 +42,7 @@ class LocalExecutor:
         """Start the run unless it already finished or is alive; returns True when a process was started."""
         folder = self.run_dir(record.run_id)
         folder.mkdir(parents=True, exist_ok=True)
-        if (folder / TERMINATION_LOG).exists() or self._alive(record.run_id):
+        if (folder / TERMINATION_LOG).exists() or self.alive(record.run_id):
             return False
         spec_path = folder / "spec.json"
         spec_path.write_text(spec.model_dump_json(by_alias=True, indent=1))
@@ -62,18 +62,30 @@ class LocalExecutor:
         return True
 
     def cancel(self, run_id: str) -> None:
+        """SIGTERM: the trainer checkpoints at its next step boundary and reports what it consumed."""
         pid = self._pid(run_id)
-        if pid is not None and self._alive(run_id):
+        if pid is not None and self.alive(run_id):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)
 
+    def suspend(self, run_id: str) -> None:
+        self.cancel(run_id)  # its folder (and checkpoint) stays
+
+    def resume(self, record: RunRecord, spec: RunSpec) -> bool:
+        """Start a suspended run again: its SIGTERM report is cleared; the trainer resumes from its checkpoint."""
+        if self.alive(record.run_id):
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            (self.run_dir(record.run_id) / TERMINATION_LOG).unlink()
+        return self.launch(record, spec)
+
     # ------------------------------------------------------------------------------------------- observe
     def observe(self, records: list[RunRecord]) -> list[Observation]:
-        return [self._observe(r.run_id) for r in records if r.state == "Running"]
+        return [self._observe(r.run_id) for r in records if r.state in LIVE_STATES]
 
     def _observe(self, run_id: str) -> Observation:
         folder = self.run_dir(run_id)
-        if self._alive(run_id):
+        if self.alive(run_id):
             return Observation(run_id, "running")
         message_path = folder / TERMINATION_LOG
         if message_path.exists():
@@ -93,7 +105,7 @@ class LocalExecutor:
         except (OSError, ValueError):
             return None
 
-    def _alive(self, run_id: str) -> bool:
+    def alive(self, run_id: str) -> bool:
         child = self.children.get(run_id)
         if child is not None:
             if child.poll() is None:

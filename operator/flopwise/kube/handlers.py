@@ -62,6 +62,7 @@ def _serve(key: Any) -> None:
 
 QUEUE = WorkQueue(_serve, gate=_may_act, on_depth=metrics.observe_queue)
 RECONCILER.requeue = QUEUE.add
+RECONCILER.requeue_after = QUEUE.add_after
 
 
 def _resync() -> None:
@@ -73,6 +74,13 @@ def _resync() -> None:
             if body is not None and is_active(body):
                 RECONCILER.verify_next(key)
                 QUEUE.add(key)
+
+
+def _fit_done(owner: str) -> None:
+    """A fit finished in the pool: its campaign's next pass uses it."""
+    namespace, _, name = owner.partition("/")
+    if namespace and name:
+        QUEUE.add((namespace, name))
 
 
 def _leadership(leading: bool) -> None:
@@ -90,6 +98,12 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # the engine's own events are posted by the reconciler
     settings.scanning.disabled = not SETTINGS.scanning
     RECONCILER.apis()  # the client's API modules import lazily (a second of CPU): not on the first apply's path
+    if SETTINGS.fit_workers > 0:  # fits off the GIL: a pass that needs a fit asks the pool and goes on
+        from flopwise.kube.fitpool import FitPool
+
+        pool = FitPool(SETTINGS.fit_workers, on_done=_fit_done)
+        pool.start()
+        RECONCILER.fits = pool
     QUEUE.start(SETTINGS.workers)
     threading.Thread(target=_resync, name="flopwise-resync", daemon=True).start()
     if SETTINGS.leader_election is not None:
@@ -105,6 +119,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 @kopf.on.cleanup()
 def shutdown(**_: Any) -> None:
     QUEUE.stop()
+    if RECONCILER.fits is not None:
+        RECONCILER.fits.stop()  # type: ignore[attr-defined]
     if ELECTION is not None:
         ELECTION.stop(release=True)
 

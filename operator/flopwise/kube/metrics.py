@@ -47,7 +47,7 @@ from flopwise.api.status import Phase, TrainingCampaignStatus
 # `_created` series double every counter and histogram and Prometheus 2.x ignores them in the text format.
 disable_created_metrics()
 
-RUN_STATES = ("pending", "running", "succeeded", "failed", "lost")
+RUN_STATES = ("pending", "running", "queued", "suspended", "succeeded", "failed", "lost")
 PHASES: tuple[str, ...] = typing.get_args(Phase)
 CONDITION_STATUSES = ("true", "false", "unknown")
 LABELS = ("namespace", "campaign")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from flopwise.api.load import CampaignError
 from flopwise.api.spec import TrainingCampaign
-from flopwise.api.status import TrainingCampaignStatus
+from flopwise.api.status import LIVE_STATES, RunRecord, TrainingCampaignStatus
+from flopwise.contract import RunSpec
 from flopwise.engine.machine import campaign_seed, reconcile
 from flopwise.engine.runspec import run_spec_for
 from flopwise.executors.local import LocalExecutor
@@ -65,16 +66,21 @@ class LocalCampaign:
                              seed=campaign_seed(self.campaign.metadata.name))
         self.state.save(decision.status)  # persist before launching: a crash here relaunches nothing twice
         self.state.log_events(decision.events)
-        plan = decision.status.plan
         for record in decision.launches:
-            assert plan is not None
-            folder = self.executor.run_dir(record.run_id)
-            spec = run_spec_for(record, self.campaign.spec, plan, campaign=self.campaign.metadata.name,
-                                data_path=str(self.data_path), output_dir=str(folder / "out"), device=self.device)
-            self.executor.launch(record, spec)
+            self.executor.launch(record, self._run_spec(record, decision.status))
         for run_id in decision.cancels:
             self.executor.cancel(run_id)
+        for run_id in decision.suspends:
+            self.executor.suspend(run_id)
+        for record in decision.resumes:
+            self.executor.resume(record, self._run_spec(record, decision.status))
         return decision.status
+
+    def _run_spec(self, record: RunRecord, status: TrainingCampaignStatus) -> RunSpec:
+        assert status.plan is not None
+        folder = self.executor.run_dir(record.run_id)
+        return run_spec_for(record, self.campaign.spec, status.plan, campaign=self.campaign.metadata.name,
+                            data_path=str(self.data_path), output_dir=str(folder / "out"), device=self.device)
 
     def run(self, status: TrainingCampaignStatus | None,
             on_update: Callable[[TrainingCampaignStatus], None] | None = None) -> TrainingCampaignStatus:
@@ -82,6 +88,10 @@ class LocalCampaign:
             status = self.step(status)
             if on_update is not None:
                 on_update(status)
-            if status.phase in ("Succeeded", "Failed") and not any(r.state == "Running" for r in status.runs):
+            live = any(r.state in LIVE_STATES for r in status.runs)
+            if status.phase in ("Succeeded", "Failed") and not live:
                 return status
+            if self.campaign.spec.suspend and not any(r.state == "Running" for r in status.runs) and \
+                    not any(self.executor.alive(r.run_id) for r in status.runs if r.state == "Suspended"):
+                return status  # suspended: its runs stopped with their checkpoints; `suspend: false` + --resume
             self.executor.wait_any(POLL_SECONDS)
