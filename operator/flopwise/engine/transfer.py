@@ -115,6 +115,10 @@ def transfer_verdict(optima: list[SweepOptimum], *, grid_factor: float, target_s
         low, high = largest.interval(level)
         verdict = (f"transfer holds: best LRs {widths} agree within one grid step (×{grid_factor:g}; drift "
                    f"×{drift:.2f}); using {largest.lr:.3g} from the largest proxy")
+        if law.exponent_low is not None and law.exponent_high is not None and (
+                law.exponent_low > 0 or law.exponent_high < 0):  # a drift the grid cannot resolve, said out loud
+            verdict += (f"; but η_opt ∝ dModel^{law.exponent:.3f} [{law.exponent_low:.3f}, {law.exponent_high:.3f}] "
+                        "excludes 0: the optimum does move with width, by less than a grid step")
         return TransferDecision(True, drift, grid_factor, law, largest.lr, low, high, verdict)
     lr, low, high = law.predict(target_size)
     verdict = (f"transfer does not hold: best LRs {widths} drift ×{drift:.2f} (> one grid step, ×{grid_factor:g}); "
