@@ -82,20 +82,24 @@ def running_remaining(record: RunRecord, progress: RunProgress | None, rate: Thr
 
 
 def remaining_by_phase(status: TrainingCampaignStatus) -> dict[str, list[float]]:
-    """FLOPs of each run still to start, by phase: pending records, then planned runs not yet created."""
+    """FLOPs of each run still to start, by phase: pending records, then planned runs of phases not yet entered
+    (the engine creates a phase's runs when it enters it: a planned run it did not create then never runs, except
+    the rest of a final run whose partial leg comes first)."""
     plan = status.plan
     out: dict[str, list[float]] = {phase: [] for phase in PHASE_ORDER}
-    if plan is None:
+    if plan is None or status.phase in ("Succeeded", "Failed"):
         return out
     for record in status.runs:
         if record.state == "Pending":
             out[PHASE_OF_ROLE[record.role]].append(record.planned_flops())
+    current = PHASE_ORDER.index(status.phase) if status.phase in PHASE_ORDER else -1
     created = {r.planned_id for r in status.runs}
     for run in plan.all_runs():
-        if run.run_id in created:
+        phase = PHASE_ORDER.index(PHASE_OF_ROLE[run.role])
+        leg = run.run_id + PARTIAL_SUFFIX
+        if run.run_id in created or phase < current or (phase == current and leg not in created):
             continue
         flops = run.flops
-        leg = run.run_id + PARTIAL_SUFFIX
         if leg in created:  # the partial leg is under way or done: only the rest of the final run remains
             flops -= sum(r.planned_flops() for r in status.runs if r.planned_id == leg and r.attempt == 0)
         out[PHASE_OF_ROLE[run.role]].append(max(0.0, flops))
