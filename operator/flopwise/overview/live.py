@@ -16,6 +16,7 @@ from flopwise.overview.render import budget_line
 from flopwise.report import fmt
 
 BAR_WIDTH = 40
+LABEL_WIDTH = len("recommendation")  # one label column above and below the runs table
 PHASE_STYLE = {"Succeeded": "bold green", "Failed": "bold red"}
 
 
@@ -38,7 +39,7 @@ def step_bar(step: int | None, steps: int, width: int = 12) -> Text:
 
 def render(ov: Overview, *, elapsed_s: float | None = None, footer: str | None = None) -> RenderableType:
     head = Table.grid(padding=(0, 2))
-    head.add_column(style="bold", no_wrap=True)
+    head.add_column(style="bold", no_wrap=True, min_width=LABEL_WIDTH)
     head.add_column()
     head.add_row("phase", Text(ov.phase, style=PHASE_STYLE.get(ov.phase, "bold cyan"))
                  + Text(f"  {ov.message}" if ov.message and ov.ended else ""))
@@ -60,7 +61,7 @@ def render(ov: Overview, *, elapsed_s: float | None = None, footer: str | None =
                          run.eta_text(), fmt.loss(run.loss) if run.loss is not None else "-")
         parts.append(runs)
     tail = Table.grid(padding=(0, 2))
-    tail.add_column(style="bold", no_wrap=True)
+    tail.add_column(style="bold", no_wrap=True, min_width=LABEL_WIDTH)
     tail.add_column()
     if ov.target:
         tail.add_row("target", ov.target)

@@ -1,4 +1,5 @@
-"""The overview as plain lines (logs, pipes, `flopwise status` off a terminal) and as Markdown (the report)."""
+"""The overview as plain lines (logs, pipes, `flopwise status` off a terminal); the report's opening paragraph
+reads the same model (report/markdown.py)."""
 
 from __future__ import annotations
 
@@ -44,9 +45,3 @@ def text_lines(ov: Overview) -> list[str]:
     width = max(len(label) for label, _ in fields(ov))
     return [f"campaign {ov.name}"] + [f"  {label:<{width}}  {text}" for label, text in fields(ov)]
 
-
-def markdown_table(ov: Overview) -> str:
-    """The overview as a two-column Markdown table (the report's "At a glance")."""
-    from flopwise.report.markdown import table
-
-    return table(["", ""], [[label, text] for label, text in fields(ov)])
