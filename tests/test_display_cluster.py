@@ -103,3 +103,13 @@ def test_kubectl_get_tc_status_and_report_read_like_a_person_writes(crd, operato
     assert (out / "report.md").read_text() == expected.read_text()
     assert (out / "loss_vs_compute.png").read_bytes()[:4] == b"\x89PNG"
     assert f"# flopwise campaign report: {ns}/llm-50k" in expected.read_text()
+
+
+def test_cluster_references_and_missing_credentials_are_told_apart(tmp_path: Path) -> None:
+    from flopwise.kube.fetch import parse_ref
+
+    assert parse_ref("research/llm-50k") == ("research", "llm-50k")
+    for text in ("llm-50k", "a/b/c", "Research/x", "/x", "x/"):
+        assert parse_ref(text) is None, text
+    missing = flopwise("status", "research/llm-50k", "--kubeconfig", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "--kubeconfig" in missing.stderr and "Traceback" not in missing.stderr

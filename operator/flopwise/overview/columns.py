@@ -22,7 +22,8 @@ def status_display(status: TrainingCampaignStatus) -> StatusDisplay:
     done = counts.succeeded + counts.failed + counts.lost
     total = done + counts.running + sum(len(v) for v in remaining_by_phase(status).values())
     ledger = status.ledger
-    priced = ledger.budget_usd is not None or ledger.spent_usd > 0
+    priced = (ledger.budget_usd is not None or ledger.spent_usd > 0
+              or (status.plan is not None and status.plan.budget_usd is not None))
     law = status.law
     return StatusDisplay(
         budget_used=percent_text(ledger.used_percent),
