@@ -1,9 +1,9 @@
 """How long a campaign has left: its remaining runs, phase by phase, on the pool's concurrent slots.
 
 Pure arithmetic on the status (and, locally, the trainers' progress files). A phase cannot start before the one
-before it ends (Round 1 needs the fitted ladder, Round 2 needs Round 1's choice), so the estimate is a list
-schedule per phase: runs still going first (their own remaining time), then the runs waiting, each on the slot
-that frees first; the phases' makespans add up.
+before it ends (each decides what the next trains), so the estimate is a list schedule per phase, in the order
+the API's `Phase` type lists them: runs still going first (their own remaining time), then the runs waiting,
+each on the slot that frees first; the phases' makespans add up.
 
 A run's duration is a fixed overhead (start-up, evaluations: what dominates a tiny run) plus its FLOPs at a rate:
 a least-squares line through the finished runs' (FLOPs, seconds) once two sizes have finished; with one size, its
@@ -17,13 +17,13 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import get_args
 
-from flopwise.api.status import RunRecord, TrainingCampaignStatus
+from flopwise.api.status import Phase, RunRecord, TrainingCampaignStatus
 from flopwise.contract import RunProgress
 
 PHASE_OF_ROLE = {"ladder": "Ladder", "seed": "Ladder", "round1": "Round1", "round2": "Round2", "final": "Final"}
-PHASE_ORDER = ("Ladder", "Round1", "Round2", "Final")
-PARTIAL_SUFFIX = "-p"  # the engine's name for a final run's partial leg (engine/machine.py)
+PHASE_ORDER = tuple(p for p in get_args(Phase) if p in PHASE_OF_ROLE.values())  # the order phases run in
 EXPECTED = "at the expected MFU"
 
 
@@ -83,8 +83,7 @@ def running_remaining(record: RunRecord, progress: RunProgress | None, rate: Thr
 
 def remaining_by_phase(status: TrainingCampaignStatus) -> dict[str, list[float]]:
     """FLOPs of each run still to start, by phase: pending records, then planned runs of phases not yet entered
-    (the engine creates a phase's runs when it enters it: a planned run it did not create then never runs, except
-    the rest of a final run whose partial leg comes first)."""
+    (the engine creates a phase's runs when it enters it: a planned run it did not create then never runs)."""
     plan = status.plan
     out: dict[str, list[float]] = {phase: [] for phase in PHASE_ORDER}
     if plan is None or status.phase in ("Succeeded", "Failed"):
@@ -95,14 +94,8 @@ def remaining_by_phase(status: TrainingCampaignStatus) -> dict[str, list[float]]
     current = PHASE_ORDER.index(status.phase) if status.phase in PHASE_ORDER else -1
     created = {r.planned_id for r in status.runs}
     for run in plan.all_runs():
-        phase = PHASE_ORDER.index(PHASE_OF_ROLE[run.role])
-        leg = run.run_id + PARTIAL_SUFFIX
-        if run.run_id in created or phase < current or (phase == current and leg not in created):
-            continue
-        flops = run.flops
-        if leg in created:  # the partial leg is under way or done: only the rest of the final run remains
-            flops -= sum(r.planned_flops() for r in status.runs if r.planned_id == leg and r.attempt == 0)
-        out[PHASE_OF_ROLE[run.role]].append(max(0.0, flops))
+        if run.run_id not in created and PHASE_ORDER.index(PHASE_OF_ROLE[run.role]) > current:
+            out[PHASE_OF_ROLE[run.role]].append(run.flops)
     return out
 
 
