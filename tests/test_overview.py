@@ -96,6 +96,27 @@ def test_overview_reads_the_ledger_and_estimates_runs_without_progress(journey) 
     assert "silent for 10m" in next(v for v in stale.running if v.run_id == record.run_id).step_text()
 
 
+def test_the_live_frame_reads_right_without_colour(journey) -> None:
+    """The rich frame on a monochrome terminal (NO_COLOR, `script` logs): bars still say how far, by glyph."""
+    from rich.console import Console
+
+    from flopwise.overview.live import render
+
+    status, now = at(journey, lambda s: s.run_counts.succeeded >= 2 and s.run_counts.running == 2)
+    record = next(r for r in status.runs if r.state == "Running")
+    early = RunProgress(run_id=record.run_id, step=1, stop_step=record.steps, steps_per_s=2.0, updated_at=now)
+    ov = build_overview(status, name="tiny", spec=SPEC, progress={record.run_id: early}, now=now + 1)
+    console = Console(width=120, no_color=True, color_system=None, record=True)
+    console.print(render(ov, elapsed_s=65, footer="Ctrl-C stops the runs"))
+    frame = console.export_text()
+    row = next(line for line in frame.splitlines() if record.run_id in line)
+    filled = round(12 * 1 / record.steps)  # one step done: the bar is almost empty, and says so in glyphs
+    assert filled < 6 and f"1/{record.steps}" in row and "━" * filled + "─" * (12 - filled) in row, row
+    assert "flopwise · tiny · 1m 05s" in frame and "Ctrl-C stops the runs" in frame
+    for label in ("phase", "budget", "runs", "law", "predicted loss", "campaign ETA"):
+        assert re.search(rf"│ {label} ", frame), frame
+
+
 def test_campaign_eta_shrinks_as_runs_finish_and_ends_with_the_campaign(journey) -> None:
     early, t0 = at(journey, lambda s: s.run_counts.running == 2)
     half = len(journey[-1][0].runs) // 2

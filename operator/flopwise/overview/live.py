@@ -33,8 +33,9 @@ def budget_bar(budget: BudgetView, width: int = BAR_WIDTH) -> Text:
 
 
 def step_bar(step: int | None, steps: int, width: int = 12) -> Text:
+    """Done (heavy) and to go (light): two glyphs, so the bar reads right without colour too (NO_COLOR, logs)."""
     filled = 0 if step is None or steps <= 0 else min(width, round(width * step / steps))
-    return Text("━" * filled, style="cyan") + Text("━" * (width - filled), style="grey35")
+    return Text("━" * filled, style="cyan") + Text("─" * (width - filled), style="grey35")
 
 
 def render(ov: Overview, *, elapsed_s: float | None = None, footer: str | None = None) -> RenderableType:
