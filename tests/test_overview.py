@@ -69,6 +69,17 @@ def test_makespan_schedules_waiting_runs_on_the_slot_that_frees_first() -> None:
     assert makespan([], [5.0, 5.0, 5.0], 1) == 15.0
 
 
+def test_every_run_role_has_a_phase_for_the_eta() -> None:
+    """A role another change adds must say which phase it runs in, or the live display could not place it."""
+    from typing import get_args
+
+    from flopwise.api.status import Phase, RunRole
+    from flopwise.overview.eta import PHASE_OF_ROLE, PHASE_ORDER
+
+    assert set(PHASE_OF_ROLE) == set(get_args(RunRole))
+    assert set(PHASE_OF_ROLE.values()) == set(PHASE_ORDER) <= set(get_args(Phase))
+
+
 def test_overview_reads_the_ledger_and_estimates_runs_without_progress(journey) -> None:
     status, now = at(journey, lambda s: s.run_counts.succeeded >= 2 and s.run_counts.running == 2)
     ov = build_overview(status, name="tiny", spec=SPEC, progress=None, now=now + 5)
