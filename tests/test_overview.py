@@ -128,6 +128,30 @@ def test_the_live_frame_reads_right_without_colour(journey) -> None:
         assert re.search(rf"│ {label} ", frame), frame
 
 
+def test_queued_and_suspended_runs_are_counted_and_a_suspended_campaign_has_no_eta(journey) -> None:
+    """A run waiting for Kueue's admission (or preempted) is still ahead of the campaign; spec.suspend holds every
+    run with its checkpoint, and then no ETA can be told. Neither drops out of the run totals."""
+    status, now = at(journey, lambda s: s.run_counts.succeeded >= 2 and s.run_counts.running == 2)
+    before = build_overview(status, name="tiny", spec=SPEC, progress=None, now=now + 5)
+    queued = status.model_copy(deep=True)
+    record = next(r for r in queued.runs if r.state == "Running")
+    record.state = "Queued"
+    queued.run_counts.running, queued.run_counts.queued = 1, 1
+    ov = build_overview(queued, name="tiny", spec=SPEC, progress=None, now=now + 5)
+    assert ov.runs_total == before.runs_total and ov.runs_pending == before.runs_pending + 1
+    assert "1 running, 1 queued" in ov.runs_text() and ov.eta_s is not None
+    assert status_display(queued).runs == status.display.runs
+
+    running = [Observation(r.run_id, "running") for r in status.runs if r.state == "Running"]
+    held = reconcile(SPEC.model_copy(update={"suspend": True}), status, running, now=now + 10, seed=1,
+                     options=FAST).status
+    assert held.run_counts.suspended == 2 and held.run_counts.running == 0
+    ov = build_overview(held, name="tiny", spec=SPEC, progress=None, now=now + 10)
+    assert ov.suspended and ov.eta_s is None and "while suspended" in ov.eta_text()
+    assert ov.runs_total == before.runs_total and "0 running, 2 suspended" in ov.runs_text()
+    assert held.display.runs == status.display.runs
+
+
 def test_campaign_eta_shrinks_as_runs_finish_and_ends_with_the_campaign(journey) -> None:
     early, t0 = at(journey, lambda s: s.run_counts.running == 2)
     half = len(journey[-1][0].runs) // 2

@@ -28,8 +28,9 @@ LIVE_FOOTER = "Ctrl-C stops the runs (each checkpoints) and prints the command t
 def progress_line(status: TrainingCampaignStatus) -> str:
     counts = status.run_counts
     done = counts.succeeded + counts.failed + counts.lost
-    parts = [f"[{status.phase}]", f"runs {done} done ({counts.failed + counts.lost} failed), {counts.running} running,"
-             f" {counts.pending} pending", f"budget {status.ledger.used_percent:.0f}% used"]
+    held = f", {counts.suspended} suspended" if counts.suspended else ""  # spec.suspend (no Kueue queue locally)
+    parts = [f"[{status.phase}]", f"runs {done} done ({counts.failed + counts.lost} failed), {counts.running} running"
+             f"{held}, {counts.pending} pending", f"budget {status.ledger.used_percent:.0f}% used"]
     if status.law is not None:
         law = status.law
         parts.append(f"law E={law.E:.3g} A={law.A:.3g} B={law.B:.3g} α={law.alpha:.3f} β={law.beta:.3f} "

@@ -81,15 +81,25 @@ def running_remaining(record: RunRecord, progress: RunProgress | None, rate: Thr
     return max(0.0, expected - elapsed)
 
 
+WAITING_STATES = ("Pending", "Queued", "Suspended")  # created, not training now: each still has its run ahead
+
+
+def suspended(status: TrainingCampaignStatus) -> bool:
+    """spec.suspend holds the campaign: nothing trains until it is lifted, so no ETA can be told."""
+    return any(c.type == "Suspended" and c.status == "True" for c in status.conditions)
+
+
 def remaining_by_phase(status: TrainingCampaignStatus) -> dict[str, list[float]]:
-    """FLOPs of each run still to start, by phase: pending records, then planned runs of phases not yet entered
-    (the engine creates a phase's runs when it enters it: a planned run it did not create then never runs)."""
+    """FLOPs of each run still to start, by phase: records not training now (pending; queued for admission or
+    preempted; suspended), then planned runs of phases not yet entered (the engine creates a phase's runs when it
+    enters it: a planned run it did not create then never runs). A queued or suspended run that resumes from a
+    checkpoint needs less: counting all of it keeps the estimate an upper bound."""
     plan = status.plan
     out: dict[str, list[float]] = {phase: [] for phase in PHASE_ORDER}
     if plan is None or status.phase in ("Succeeded", "Failed"):
         return out
     for record in status.runs:
-        if record.state == "Pending":
+        if record.state in WAITING_STATES:
             out[PHASE_OF_ROLE[record.role]].append(record.planned_flops())
     current = PHASE_ORDER.index(status.phase) if status.phase in PHASE_ORDER else -1
     created = {r.planned_id for r in status.runs}
@@ -114,8 +124,8 @@ def makespan(busy: list[float], waiting: list[float], slots: int) -> float:
 
 def campaign_eta(status: TrainingCampaignStatus, rate: Throughput | None, progress: Mapping[str, RunProgress],
                  now: float) -> float | None:
-    """Seconds until the campaign ends, or None when it cannot be told (no plan yet) or it has ended."""
-    if rate is None or status.phase in ("Pending", "Succeeded", "Failed"):
+    """Seconds until the campaign ends, or None when it cannot be told (no plan yet, suspended) or it has ended."""
+    if rate is None or status.phase in ("Pending", "Succeeded", "Failed") or suspended(status):
         return None
     running = {phase: [] for phase in PHASE_ORDER}
     for record in status.runs:

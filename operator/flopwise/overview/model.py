@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from flopwise.api.spec import TrainingCampaignSpec
 from flopwise.api.status import Plan, RunRecord, TargetPlan, TrainingCampaignStatus
 from flopwise.contract import RunProgress
-from flopwise.overview.eta import Throughput, campaign_eta, remaining_by_phase, running_remaining
+from flopwise.overview.eta import Throughput, campaign_eta, remaining_by_phase, running_remaining, suspended
 from flopwise.planning.laws import LAWS, ScalingLaw
 from flopwise.planning.priors import why_no_prior_loss
 from flopwise.report import fmt
@@ -104,8 +104,11 @@ class Overview:
     runs_done: int
     runs_failed: int
     runs_total: int
-    runs_pending: int
+    runs_pending: int  # every run still to start, queued and suspended ones included
     running: list[RunView] = field(default_factory=list)
+    runs_queued: int = 0  # launched, waiting for admission (Kueue) or preempted
+    runs_suspended: int = 0  # stopped with their checkpoints by spec.suspend
+    suspended: bool = False
     target: str | None = None
     law: str | None = None
     backtest_are: float | None = None
@@ -120,12 +123,16 @@ class Overview:
 
     def runs_text(self) -> str:
         failed = f", {self.runs_failed} failed" if self.runs_failed else ""
-        return (f"{self.runs_done}/{self.runs_total} done{failed}, {len(self.running)} running, "
-                f"{self.runs_pending} waiting")
+        held = "".join(f", {n} {word}" for n, word in ((self.runs_queued, "queued"),
+                                                        (self.runs_suspended, "suspended")) if n)
+        waiting = self.runs_pending - self.runs_queued - self.runs_suspended
+        return f"{self.runs_done}/{self.runs_total} done{failed}, {len(self.running)} running{held}, {waiting} waiting"
 
     def eta_text(self) -> str:
         if self.ended:
             return "ended"
+        if self.suspended:
+            return "none while suspended (spec.suspend: set it false to go on)"
         if self.eta_s is None:
             return "not known yet"
         return f"~{fmt.duration(self.eta_s)} (run times {self.eta_basis}; grid extensions and retries add to it)"
@@ -163,7 +170,8 @@ def build_overview(status: TrainingCampaignStatus, *, name: str, spec: TrainingC
     return Overview(
         name=name, phase=status.phase, message=status.message, budget=budget_view(status),
         runs_done=done, runs_failed=counts.failed + counts.lost, runs_total=done + len(running) + waiting,
-        runs_pending=waiting, running=running, target=target_text(status.plan),
+        runs_pending=waiting, running=running, runs_queued=counts.queued, runs_suspended=counts.suspended,
+        suspended=suspended(status), target=target_text(status.plan),
         law=law_text, backtest_are=law.backtest_are if law is not None else None, prediction=prediction_text,
         eta_s=campaign_eta(status, rate, progress, now), eta_basis=rate.basis if rate else "",
         recommendation=recommendation_text(status))
