@@ -121,14 +121,20 @@ def _status_schema() -> dict[str, Any]:
     return schema
 
 
-PRINTER_COLUMNS = [
+PRINTER_COLUMNS = [  # the display strings (status.display), never raw floats; the numbers stay beside them
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-    {"name": "Budget-Used", "type": "number", "format": "float", "jsonPath": ".status.ledger.usedPercent",
-     "description": "percent of the budget reserved or spent"},
-    {"name": "Target-Params", "type": "integer", "jsonPath": ".status.targetParams",
+    {"name": "Budget-Used", "type": "string", "jsonPath": ".status.display.budgetUsed",
+     "description": "share of the budget reserved or spent"},
+    {"name": "Target-Params", "type": "string", "jsonPath": ".status.display.targetParams",
      "description": "parameters of the recommended model"},
-    {"name": "Predicted-Loss", "type": "number", "format": "float", "jsonPath": ".status.predictedLoss",
-     "description": "predicted final loss of the recommended model"},
+    {"name": "Predicted-Loss", "type": "string", "jsonPath": ".status.display.predictedLoss",
+     "description": "the campaign's own predicted final loss ('-' before its first fit)"},
+    {"name": "Runs", "type": "string", "jsonPath": ".status.display.runs", "priority": 1,
+     "description": "runs finished / all runs known so far"},
+    {"name": "Spent", "type": "string", "jsonPath": ".status.display.spent", "priority": 1,
+     "description": "dollars spent (FLOPs where the pool is unpriced)"},
+    {"name": "Backtest-ARE", "type": "string", "jsonPath": ".status.display.backtestAre", "priority": 1,
+     "description": "the law's absolute relative error on the held-out largest ladder runs"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -114,7 +114,11 @@ class TargetPlan(ApiModel):
     params: int = Field(ge=1, description="exact parameters of the chosen shape")
     tokens: int = Field(ge=1)
     tokens_per_param: float = Field(ge=0)
-    predicted_loss: float | None = None
+    predicted_loss: float | None = Field(default=None, description="the target's loss under the law that sized "
+                                         "it: see lossBasis; absent where a published law's tokenizer is not the "
+                                         "campaign's (its loss would be in other units)")
+    loss_basis: Literal["fit", "prior"] | None = Field(default=None, description="fit: the campaign's own law; "
+                                                       "prior: a published law (its data, not the campaign's)")
     gpu_hours: float = Field(ge=0)
     usd: float = Field(ge=0)
     data_limited: bool = False
@@ -482,6 +486,19 @@ class PlannedSpec(ApiModel):
     law: PlanningLaw
 
 
+class StatusDisplay(ApiModel):
+    """The status's numbers as people read them, for `kubectl get tc` (printer columns show a field as stored:
+    `9.4%`, not `9.356419665843365`). The numbers stay beside them for machines and metrics."""
+
+    budget_used: str = Field(default="", max_length=32, description="reserved + spent, of the budget: '9.4%'")
+    target_params: str = Field(default="", max_length=32, description="the recommended model's size: '9.29B'")
+    predicted_loss: str = Field(default="", max_length=32, description="the campaign's own prediction, '-' before "
+                                "its first fit (a published law's loss is never shown here)")
+    runs: str = Field(default="", max_length=32, description="runs finished / all runs known so far: '3/26'")
+    spent: str = Field(default="", max_length=32, description="dollars spent, or FLOPs where unpriced: '$1,234'")
+    backtest_are: str = Field(default="", max_length=32, description="the law's error on held-out largest runs")
+
+
 class TrainingCampaignStatus(ApiModel):
     phase: Phase = "Pending"
     observed_generation: int | None = Field(default=None, ge=0)
@@ -502,3 +519,4 @@ class TrainingCampaignStatus(ApiModel):
     measured_mfu: float | None = Field(default=None, ge=0, description="FLOP-weighted MFU of finished runs")
     noise_floor: NoiseFloorStatus | None = None
     partial_check: PartialCheckStatus | None = None
+    display: StatusDisplay | None = Field(default=None, description="display strings for printer columns")

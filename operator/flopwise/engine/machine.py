@@ -47,6 +47,7 @@ from flopwise.engine import analysis, conclude, ledger, records
 from flopwise.engine.fits import FitRequest, Fitter, request_for, run_fit
 from flopwise.fitting.fit import COARSE_GRID, HOFFMANN_GRID, StartGrid
 from flopwise.fitting.points import FitInputError
+from flopwise.overview.columns import status_display
 from flopwise.planning.budget import Pool
 from flopwise.planning.laws import PowerLawAllocation, allocation_rule
 from flopwise.planning.plan import PlanError, final_budget, plan_campaign, plan_final, pool_of
@@ -1026,6 +1027,7 @@ class _Engine:
                 st.ledger.forecast_usd = st.ledger.spent_usd + st.ledger.reserved_usd + self._pool().usd(remaining)
             st.target_params = st.plan.target.params
         st.predicted_loss = st.prediction.loss if st.prediction else None
+        st.display = status_display(st)  # what `kubectl get tc` prints
 
     def _measure_mfu(self) -> None:
         """FLOP-weighted MFU of finished runs against the pool's peak (what the dollars follow)."""

@@ -28,6 +28,7 @@ from flopwise.planning import ladder as designs
 from flopwise.planning.budget import Pool, binding_budget
 from flopwise.planning.ladder import largest_within
 from flopwise.planning.laws import AllocationRule, ScalingLaw, allocation_rule, tokens_for_params
+from flopwise.planning.priors import loss_basis
 from flopwise.planning.shapes import ShapeRules, make_shape, shape_for_params, smallest_shape
 
 MIN_STEPS = 32  # a tuning run shorter than this says nothing about its schedule: shrink its batch instead
@@ -112,10 +113,12 @@ class _Planner:
         shape = self.shape(params)
         tokens = max(1, int(min(flops / shape.flops_per_token(), self.data_tokens)))
         exact = shape.flops_per_token() * tokens
-        loss = self.rule.loss(shape.param_count(), tokens) if isinstance(self.rule, ScalingLaw) else None
+        # A published law's loss only where its tokenizer is the campaign's (planning/priors.py).
+        basis = loss_basis(self.rule.name, self.spec.model.vocab_size) if isinstance(self.rule, ScalingLaw) else None
+        loss = self.rule.loss(shape.param_count(), tokens) if basis is not None else None
         return TargetPlan(law=self.rule.name, flops=exact, params_optimal=optimum.params,
                           tokens_optimal=optimum.tokens, shape=shape, params=shape.param_count(), tokens=tokens,
-                          tokens_per_param=tokens / shape.param_count(), predicted_loss=loss,
+                          tokens_per_param=tokens / shape.param_count(), predicted_loss=loss, loss_basis=basis,
                           gpu_hours=self.pool.gpu_hours(exact), usd=self.pool.usd(exact), data_limited=data_limited)
 
     def maker(self) -> designs.RunMaker:
