@@ -32,7 +32,7 @@ from flopwise.api.status import TrainingCampaignStatus
 from flopwise.contract import EvalSpec, MupSpec, OptimizerSpec, RunSpec
 from flopwise.engine import records
 from flopwise.engine.runspec import val_batches
-from flopwise.planning.laws import ScalingLaw
+from flopwise.planning.laws import ScalingLaw, allocation_rule
 from flopwise.planning.shapes import ShapeRules, shape_for_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +75,9 @@ def main() -> None:
         if fitted is None:
             sys.exit("--flops-fraction needs the campaign's fitted law")
         rec_params = fitted.compute_optimal(flops).params
-        if status.allocation is not None and status.allocation.basis == "approach-2":
+        if status.allocation is not None and status.allocation.basis == "prior":  # what the campaign recommends
+            rec_params = allocation_rule(spec.law).allocate(flops).params
+        elif status.allocation is not None and status.allocation.basis == "approach-2":
             exponent = status.allocation.approach2.exponent if status.allocation.approach2 else None
             rec_params = rec.params * args.flops_fraction ** exponent if exponent else rec_params
         low = high = None
