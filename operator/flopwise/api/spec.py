@@ -322,8 +322,8 @@ class Ladder(ApiModel):
 
 
 class Resources(ApiModel):
-    requests: dict[str, Annotated[str, Field(max_length=64)]] = Field(default_factory=dict)
-    limits: dict[str, Annotated[str, Field(max_length=64)]] = Field(default_factory=dict)
+    requests: dict[str, Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=dict)
+    limits: dict[str, Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=dict)
 
 
 _QUANTITY = re.compile(r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
