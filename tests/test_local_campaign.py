@@ -227,7 +227,8 @@ class Terminal:
     def wait_for(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            match = pattern.search(self.text.split("╭")[-1])  # the latest frame
+            frame = self.text.split("╭")[-1]  # the latest frame, searched once drawn whole (its bottom edge)
+            match = pattern.search(frame) if "╯" in frame else None
             if match:
                 return match
             if not self.read(0.5):
