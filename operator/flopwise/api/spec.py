@@ -286,7 +286,8 @@ class Ladder(ApiModel):
       at the other token counts. Each branch is a real final loss at a fraction of a separate run's cost.
     * ``isoflop`` (Chinchilla's Approach 2, Hoffmann et al. 2022 §3.2; DeepSeek LLM): ``levels`` compute
       levels, ``sizes`` sizes around the prior's optimum at each; each run its own full schedule. The
-      minima of the loss-vs-size parabolas give N_opt(C) directly, independently of the parametric fit.
+      minima of the loss-vs-size parabolas give N_opt(C) directly, independently of the parametric fit. A
+      level whose loss is lowest at its smallest or largest size gets up to two more sizes past that edge.
     """
 
     design: LadderDesign = Field(default="isoflop", description="wsd: trunks with cooldown branches; isoflop: "

@@ -50,7 +50,7 @@ from flopwise.fitting.points import FitInputError
 from flopwise.overview.columns import status_display
 from flopwise.planning.budget import Pool
 from flopwise.planning.laws import PowerLawAllocation, allocation_rule
-from flopwise.planning.plan import PlanError, final_budget, plan_campaign, plan_final, pool_of
+from flopwise.planning.plan import PlanError, final_budget, isoflop_extension, plan_campaign, plan_final, pool_of
 
 ObservedState = Literal["absent", "running", "queued", "succeeded", "failed", "lost"]
 TERMINAL = ("Succeeded", "Failed", "Lost")
@@ -59,6 +59,7 @@ INTERIM_MIN_POINTS = 6  # a quick fit while the ladder runs needs this many anne
 INTERIM_EVERY = 3  # and is redone every this many new ones
 PARTIAL_NOISE = 0.01  # relative seed noise assumed at the target when no seed replicas measured it
 DISTINCT_LR = math.log(1.25)  # Round 2 compares learning rates at least this far apart in log (Round 1's steps: ×2)
+EDGE_EXTENSIONS = 2  # sizes an IsoFLOP level may add past its edge (one at a time) before its profile is left out
 
 
 @dataclass(frozen=True)
@@ -603,7 +604,7 @@ class _Engine:
         seen = self.status.law.input_runs if self.status.law else 0
         if not done and len(finished) >= max(INTERIM_MIN_POINTS, seen + INTERIM_EVERY):
             self._interim_fit(len(finished))
-        if not done:
+        if not done or self._extend_isoflop():
             return
         floor = analysis.seed_floor(self.status.runs, None)
         self.status.noise_floor = floor
@@ -615,6 +616,71 @@ class _Engine:
             if self.status.noise_floor is not None and self.status.noise_floor.message:
                 self._event("NoiseFloor", self.status.noise_floor.message)
         self._enter("Final")
+
+    def _extend_isoflop(self) -> bool:
+        """An IsoFLOP level whose best run is its smallest or largest size gets one more size past that edge
+        (at most EDGE_EXTENSIONS per level, one at a time), as Round 1's grid does past its edge: a profile
+        whose minimum lies outside the sizes tried gives Approach 2 nothing, and the parametric fit then rests
+        on a curve seen from one side. Paid from what the budget has left, never from the final run's share."""
+        plan = self.status.plan
+        assert plan is not None
+        if self.spec.ladder.design != "isoflop":
+            return False
+        added = False
+        for edge in analysis.isoflop_edges(self.status.runs):
+            if edge.extended >= EDGE_EXTENSIONS or edge.closed:
+                continue
+            taken_ids = {r.planned_id for r in self.status.runs}
+            index = sum(1 for r in self.status.runs if r.level == edge.level)
+            while f"ladder-c{edge.level}-{index:02d}" in taken_ids:
+                index += 1
+            planned = isoflop_extension(self.spec, allocation_rule(self.spec.law), flops=edge.flops,
+                                        beyond=edge.edge_params, side=edge.side, taken=edge.taken,
+                                        run_id=f"ladder-c{edge.level}-{index:02d}", level=edge.level)
+            where = f"IsoFLOP level {edge.level} ({edge.flops:.3g} FLOPs) is lowest at its {edge.side} size " \
+                    f"({edge.edge_params:,.0f} params)"
+            if isinstance(planned, str):
+                self._event("LevelNotExtended", f"{where}; not extended: {planned}")
+                self._mark_unextendable(edge, planned)
+                continue
+            _, warmup, _ = self._decided()
+            record = records.ladder_records([planned], kind=self.spec.tuning.schedule, lr_for=self._lr_for,
+                                            warmup_fraction=warmup, decay_fraction=self.spec.tuning.decay_fraction,
+                                            seed=self.seed)[0]
+            record.reason = f"{analysis.EXTENDED} past the {edge.side} size of level {edge.level}"
+            if not self._affordable_before_final(record):
+                why = f"{planned.params:,} params would not fit the budget left beside the final run's share"
+                self._event("LevelNotExtended", f"{where}; not extended: {why}")
+                self._mark_unextendable(edge, why)
+                continue
+            self.status.runs.append(record)
+            self._event("LevelExtended", f"{where}; trying {planned.params:,} params ({planned.shape.n_layer}×"
+                        f"{planned.shape.d_model}) on {planned.tokens:,} tokens")
+            added = True
+        return added
+
+    def _mark_unextendable(self, edge: analysis.LevelEdge, why: str) -> None:
+        """Say on the edge run why the level was not extended, which also closes the level to further tries."""
+        for record in self.status.runs:
+            if record.role == "ladder" and record.level == edge.level and record.params == edge.edge_params:
+                said = f"{analysis.NOT_EXTENDED}: {why}"
+                record.reason = (f"{record.reason}; {said}" if record.reason.startswith(analysis.EXTENDED)
+                                 else said)[:1024]
+
+    def _affordable_before_final(self, record: RunRecord) -> bool:
+        """Would ``record`` fit the budget less its margin, with the final phase's planned runs still paid for?"""
+        plan = self.status.plan
+        assert plan is not None
+        final = sum(r.flops for r in plan.final.runs) if not any(r.role == "final" for r in self.status.runs) else 0
+        charge = self._reservation(record)
+        keep = ledger.worst_case(self._pool(), final, gpus=self.spec.gpu_pool.gpus_per_run, overhead_s=0.0) \
+            if final else Charge()
+        margin = 1.0 - self.spec.budget.margin
+        limits = ledger.Limits(flops=self.spec.budget.flops * margin if self.spec.budget.flops else None,
+                               usd=self.spec.budget.usd * margin if self.spec.budget.usd else None)
+        return ledger.fits(self.status.runs, Charge(flops=charge.flops + keep.flops,
+                                                    gpu_hours=charge.gpu_hours + keep.gpu_hours,
+                                                    usd=charge.usd + keep.usd), limits)
 
     def _interim_fit(self, offered: int) -> None:
         """A quick fit while the ladder runs (no bootstrap, a coarse start grid): the status shows the law taking

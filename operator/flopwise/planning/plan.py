@@ -229,8 +229,8 @@ class _Planner:
 
     def narrower(self, shape: ModelShape, count: int) -> list[ModelShape]:
         """Up to ``count`` proxies of the same depth (muP transfers across width at fixed depth), each a quarter
-        as wide as the previous, or as narrow as the family allows: the wider the span, the plainer a drift of the
-        best LR is against one grid step (under SP it falls about as 1/width); fewer when no narrower width exists."""
+        as wide as the previous, or as narrow as the family allows: the wider the span, the narrower the interval of
+        the best LR's exponent in width (under SP it falls about as 1/width); fewer when no narrower width exists."""
         step = self.spec.model.width_multiple
         out: list[ModelShape] = []
         width = shape.d_model
@@ -392,6 +392,35 @@ def plan_final(spec: TrainingCampaignSpec, rule: AllocationRule) -> tuple[Target
     usable = budget_flops * (1.0 - spec.budget.margin)
     target = planner.target(final_budget(spec))
     return target, planner.final(spec.budget.split.final * usable, target)
+
+
+def isoflop_extension(spec: TrainingCampaignSpec, rule: AllocationRule, *, flops: float, beyond: float, side: str,
+                      taken: frozenset[tuple[int, int]], run_id: str, level: int) -> PlannedRun | str:
+    """One more size at an IsoFLOP level whose minimum sits at its ``side`` edge: one design step
+    (``spread`` ** (1 / (sizes − 1))) past ``beyond``, or two where tiny widths round one step to a shape the
+    level already has, or down to the floor when a step would pass it (if that is half a step or more), trained
+    to the level's ``flops``. Returns the run, or why there is none (a user can act
+    on it: ladder.minParams, the data, model.widthMultiple)."""
+    planner = _Planner(spec, rule)
+    cfg = spec.ladder
+    step = cfg.spread ** (1.0 / max(cfg.sizes - 1, 1))
+    direction = -1 if side == "smallest" else 1
+    for k in (1, 2):
+        wanted = beyond * step ** (direction * k)
+        if wanted < planner.floor():  # the floor itself, if it is at least half a step smaller
+            if beyond < planner.floor() * math.sqrt(step) or k > 1:
+                return f"a smaller size would be below ladder.minParams ({planner.floor():,.0f} params)"
+            wanted = planner.floor()
+        shape = planner.shape(wanted)
+        params = shape.param_count()
+        if (shape.n_layer, shape.d_model) in taken or (params - beyond) * direction <= 0:
+            continue
+        tokens = flops / shape.flops_per_token()
+        if tokens > planner.data_tokens:
+            return f"{shape.n_layer}×{shape.d_model} would need {tokens:,.0f} tokens, more than the data holds"
+        return planner.run(run_id, "ladder", shape, tokens, batch=batch_for(spec, shape, tokens, cfg.min_steps),
+                           level=level)
+    return f"no shape two design steps past {beyond:,.0f} params differs from those tried (model.widthMultiple)"
 
 
 def plan_campaign(spec: TrainingCampaignSpec, law: AllocationRule | None = None) -> Plan:
