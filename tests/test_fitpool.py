@@ -5,6 +5,7 @@ that cannot be made raises as it would inline; a finished fit tells its campaign
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from flopwise.engine.fits import FitRequest, run_fit
 from flopwise.engine.machine import Observation, reconcile
 from flopwise.fitting.points import FitInputError
-from flopwise.kube.fitpool import FitPool
+from flopwise.kube.fitpool import FIT_NICENESS, FitPool
 from test_engine_ledger import FAST, SPEC, summary_for
 
 
@@ -87,5 +88,17 @@ def test_a_pooled_fit_is_the_inline_fit_and_only_the_newest_request_waits(reques
         with pytest.raises(FitInputError):
             pool(too_few)  # kept, and raised as an inline fit raises it
         assert pool(other).status == run_fit(other).status and pool.submitted == 5
+    finally:
+        pool.stop()
+
+
+def test_fit_workers_yield_the_cpu_to_the_operator() -> None:
+    """The workers run at a lower priority than the process that owns the pool: on a busy node the reconcile that
+    launches the next Job goes first, the fits take what is left."""
+    pool = FitPool(1)
+    try:
+        pool.start()
+        worker = pool._pool().submit(os.nice, 0).result(timeout=60)  # os.nice(0): the caller's niceness
+        assert worker == os.nice(0) + FIT_NICENESS or worker == 19  # 19 is the ceiling
     finally:
         pool.stop()

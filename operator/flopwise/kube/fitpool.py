@@ -5,13 +5,15 @@ starts it in a process pool and answers None. When a fit finishes, ``on_done`` h
 operator marks it dirty: its next pass finds the fit ready). Per campaign one fit runs at a time and only the
 latest request waits behind it (a ladder that finished two more runs meanwhile needs only the newest fit); results
 are kept (least recently used first out) until asked for again. Workers are spawned, not forked: the operator has
-threads and an event loop, which a fork would copy in whatever state they were in.
+threads and an event loop, which a fork would copy in whatever state they were in. Workers run at a lower CPU
+priority than the operator (``FIT_NICENESS``): launching the next Job is what a user waits on.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -25,6 +27,16 @@ from flopwise.fitting.points import FitInputError
 log = logging.getLogger("flopwise.operator")
 
 KEEP_RESULTS = 512
+
+
+FIT_NICENESS = 10
+"""How much lower the workers' CPU priority is than the operator's: a fit is throughput (seconds either way), a
+reconcile that launches the next Job is latency; on a busy node the fits yield the CPU to it."""
+
+
+def _lower_priority() -> None:
+    """Each worker's initializer (raising one's own niceness needs no privilege)."""
+    os.nice(FIT_NICENESS)
 
 
 def _warm() -> int:
@@ -56,7 +68,7 @@ class FitPool:
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
-            self._executor = ProcessPoolExecutor(max_workers=self.workers,
+            self._executor = ProcessPoolExecutor(max_workers=self.workers, initializer=_lower_priority,
                                                  mp_context=multiprocessing.get_context("spawn"))
         return self._executor
 
