@@ -15,7 +15,7 @@ from flopwise.planning.laws import ScalingLaw, allocation_rule
 from flopwise.planning.plan import isoflop_extension
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_engine_transfer import drive, spec_with
+from test_engine_transfer import drive, spec_with, summary
 
 # Data-hungry: at every level the optimum lies below the smallest size the 20-tokens-per-parameter prior tries;
 # parameter-hungry: above the largest
@@ -95,3 +95,27 @@ def test_extensions_never_take_the_final_runs_share() -> None:
     spent = sum(r.spent.flops for r in status.runs)
     assert spent <= spec.budget.flops * (1 - spec.budget.margin) * (1 + 1e-9)
     assert len(added) < spec.ladder.levels
+
+
+def test_a_failed_attempt_at_the_edge_size_keeps_its_own_reason() -> None:
+    """The edge run's reason says why nothing was added past it; an earlier failed attempt at the same size
+    (here the added size itself: it fails once, its retry succeeds and is the level's edge) keeps the reason it
+    failed with."""
+    spec = spec_with(**ISOFLOP)
+    failed_once: list[str] = []
+
+    def flaky(record, **kwargs):
+        if record.reason.startswith(analysis.EXTENDED) and record.level == 2 and not failed_once:
+            failed_once.append(record.run_id)
+            return summary(record, **kwargs).model_copy(update={"status": "failed", "final_val_loss": None,
+                                                                 "exit_reason": "killed"})
+        return summary(record, **kwargs)
+
+    smaller = ScalingLaw(E=1.2, A=40.0, B=100.0, alpha=0.35, beta=0.3)  # level 2's minimum below the floor
+    status = drive(spec, flaky, law=smaller)
+    assert status.phase == "Succeeded", status.message
+    assert failed_once
+    first = next(r for r in status.runs if r.run_id == failed_once[0])
+    retry = next(r for r in status.runs if r.planned_id == first.planned_id and r.run_id != first.run_id)
+    assert first.state == "Failed" and analysis.NOT_EXTENDED not in first.reason, first.reason
+    assert retry.state == "Succeeded" and analysis.NOT_EXTENDED in retry.reason, retry.reason

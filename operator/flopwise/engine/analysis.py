@@ -256,6 +256,7 @@ class LevelEdge:
     level: int
     side: str  # "smallest" or "largest"
     edge_params: float  # the edge size, from which the next size steps outward
+    edge_run: str  # the run that measured it (its reason says why nothing was added past it)
     flops: float  # the level's compute (mean over its runs)
     taken: frozenset[tuple[int, int]]  # (layers, width) of every shape the level already has
     extended: int  # sizes already added past this level's edges
@@ -282,7 +283,7 @@ def isoflop_edges(records: list[RunRecord]) -> list[LevelEdge]:
         if side is None:
             continue
         edges.append(LevelEdge(
-            level=level, side=side, edge_params=float(best.params),
+            level=level, side=side, edge_params=float(best.params), edge_run=best.run_id,
             flops=sum(r.planned_flops() for r in runs) / len(runs),
             taken=frozenset((r.shape.n_layer, r.shape.d_model) for r in runs),
             extended=sum(1 for r in runs if r.reason.startswith(EXTENDED)),

@@ -660,9 +660,10 @@ class _Engine:
         return added
 
     def _mark_unextendable(self, edge: analysis.LevelEdge, why: str) -> None:
-        """Say on the edge run why the level was not extended, which also closes the level to further tries."""
+        """Say on the edge run why the level was not extended, which also closes the level to further tries (only
+        on the run that measured the edge: a failed attempt at the same size keeps its own reason)."""
         for record in self.status.runs:
-            if record.role == "ladder" and record.level == edge.level and record.params == edge.edge_params:
+            if record.run_id == edge.edge_run:
                 said = f"{analysis.NOT_EXTENDED}: {why}"
                 record.reason = (f"{record.reason}; {said}" if record.reason.startswith(analysis.EXTENDED)
                                  else said)[:1024]
