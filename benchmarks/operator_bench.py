@@ -268,6 +268,23 @@ def request_metrics(cp: ControlPlane) -> Counter:
     return out
 
 
+_LATENCY = re.compile(r"^apiserver_request_duration_seconds_(sum|count)\{([^}]*)\}\s+([0-9.e+]+)$")
+
+
+def request_latency(cp: ControlPlane) -> Counter:
+    """apiserver_request_duration_seconds' sum and count per (verb, resource, subresource): keys (…, "sum"|"count")."""
+    code, text = cp._get(f"{cp.server}/metrics", cp.admin_token, timeout=10)
+    out: Counter = Counter()
+    for line in text.splitlines() if code == 200 else []:
+        m = _LATENCY.match(line)
+        if m:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+            if labels.get("resource") and labels.get("verb") != "WATCH":
+                out[(labels["verb"], labels["resource"], labels.get("subresource", ""), m.group(1))] += float(
+                    m.group(3))
+    return out
+
+
 def resource_total(c: Counter) -> float:
     return sum(v for k, v in c.items() if k[0] != "code")
 
@@ -499,6 +516,7 @@ def bench(args: argparse.Namespace, fit_workers: int | None) -> tuple[int, dict[
 
         custom = client.CustomObjectsApi(config.new_client_from_config(config_file=str(cp.kubeconfig)))
         before = request_metrics(cp)
+        latency_before = request_latency(cp)
         client_before = Counter(CLIENT_COUNTS)
         cpu_before = sampler.sample()[1]
         api_cpu_before = api_sampler.sample()[1]
@@ -546,6 +564,7 @@ def bench(args: argparse.Namespace, fit_workers: int | None) -> tuple[int, dict[
         cpu_run = sampler.sample()[1] - cpu_before
         api_cpu_run = api_sampler.sample()[1] - api_cpu_before
         after = request_metrics(cp)
+        latency_after = request_latency(cp)
         client_after = Counter(CLIENT_COUNTS)
 
         # Idle window: nothing changes; the operator should do (almost) nothing.
@@ -670,6 +689,13 @@ def bench(args: argparse.Namespace, fit_workers: int | None) -> tuple[int, dict[
         keys = sorted((k for k in delta if k[0] != "code" and delta[k] >= 1), key=lambda k: -delta[k])
         for k in keys[:30]:
             print(f"  {k[0]:6} {k[1] + ('/' + k[2] if k[2] else ''):32} {delta[k]:8.0f}  ({bench.get(k, 0)})")
+        spent = latency_after - latency_before
+        by_time = sorted({k[:3] for k in spent}, key=lambda k: -spent[(*k, "sum")])
+        print("API server time by verb/resource (all clients): total s, mean ms")
+        for k in by_time[:10]:
+            count = spent[(*k, "count")]
+            print(f"  {k[0]:6} {k[1] + ('/' + k[2] if k[2] else ''):32} {spent[(*k, 'sum')]:8.1f} s "
+                  f"{1000 * spent[(*k, 'sum')] / max(count, 1):8.1f} ms")
         print(f"operator Events posted: {op_events}; idle-window requests by key: "
               f"{ {f'{k[0]} {k[1]}/{k[2]}': int(v) for k, v in idle_by_key.items()} }")
         codes = Counter()

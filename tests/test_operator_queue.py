@@ -82,6 +82,35 @@ def test_new_campaigns_jump_the_backlog() -> None:
     queue.stop()
 
 
+def test_events_wait_while_a_new_campaign_waits_for_its_first_pass() -> None:
+    """Events compete with first passes for the API server: they are held while an URGENT key is queued or being
+    served, and posted once it is done (never held longer than HOLD_MAX_S)."""
+    from flopwise.kube.events import EventPoster
+
+    release = threading.Event()
+    queue = WorkQueue(lambda key: release.wait(5), workers=1)
+    posted: list[tuple[str, float]] = []
+
+    class Core:
+        def create_namespaced_event(self, namespace, event):
+            posted.append((event["reason"], time.monotonic()))
+
+    poster = EventPoster()
+    poster.hold = queue.urgent
+    assert not queue.urgent()
+    queue.add("new", URGENT)
+    assert queue.urgent()  # queued
+    queue.start()
+    meta = {"name": "c", "namespace": "ns", "uid": "u"}
+    poster.post(Core(), meta, [("RunLaunched", "x")])
+    time.sleep(0.3)
+    assert queue.urgent() and posted == []  # being served: the event waits
+    released = time.monotonic()
+    release.set()
+    _wait(lambda: posted)
+    assert not queue.urgent() and posted[0][0] == "RunLaunched" and posted[0][1] >= released
+
+
 def test_a_failing_pass_backs_off_instead_of_spinning() -> None:
     times: list[float] = []
 

@@ -68,6 +68,12 @@ def test_a_500_run_status_stays_far_below_etcds_limit() -> None:
     engine_runs = len(status.runs)
     real = len(json.dumps(status_document(status), separators=(",", ":")).encode())
     assert engine_runs >= 100, engine_runs  # a real wide campaign, not a toy
+    # The stored form leaves run fields at their defaults out: it must read back as exactly the same status, and
+    # keep each run's state for readers of the raw object (is_active).
+    stored = json.loads(json.dumps(status_document(status)))
+    assert TrainingCampaignStatus.model_validate(stored) == status
+    assert all("state" in r for r in stored["runs"]) and "attempt" not in stored["runs"][0]
+    assert sum(len(getattr(status.plan, p).runs) for p in ("ladder", "round1", "round2", "final")) > 0
 
     finished = [r for r in status.runs if r.result is not None]
     longest = RunRecord.model_fields["reason"].metadata[0].max_length

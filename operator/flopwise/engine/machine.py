@@ -115,9 +115,14 @@ class Decision:
 
 def reconcile(spec: TrainingCampaignSpec, status: TrainingCampaignStatus | None, observations: list[Observation],
               *, now: float, generation: int | None = None, seed: int = 0,
-              options: EngineOptions = EngineOptions()) -> Decision:
-    """One step of the campaign: observe, decide, and say what to launch."""
-    status = status.model_copy(deep=True) if status else TrainingCampaignStatus()
+              options: EngineOptions = EngineOptions(), owned: bool = False) -> Decision:
+    """One step of the campaign: observe, decide, and say what to launch. ``status`` is left as it was unless
+    ``owned``: the caller hands it over (a fresh parse it will not read again) and it becomes the decision's status,
+    saving a deep copy (11 % of the operator's CPU at 40 campaigns, py-spy)."""
+    if status is None:
+        status = TrainingCampaignStatus()
+    elif not owned:
+        status = status.model_copy(deep=True)
     spec, changed = keep_planned_sections(spec, status)
     engine = _Engine(spec, status, now, seed, options)
     if generation is not None:

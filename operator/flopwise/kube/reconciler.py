@@ -74,11 +74,28 @@ def _drop_empty(value: Any) -> Any:
     return value
 
 
+def _compact(model: Any, keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One list item (a run record, a planned run) without the fields at their defaults, ``keep`` excepted."""
+    document = model.model_dump(by_alias=True, mode="json", exclude_none=True, exclude_defaults=True)
+    for name in keep:
+        document[name] = getattr(model, name)
+    return document
+
+
 def status_document(status: TrainingCampaignStatus) -> dict[str, Any]:
     """The status as stored: camelCase JSON without None and without empty strings (they are the models'
     defaults; kube-apiserver 1.20 as built here reads an empty string in a custom-resource merge patch as null
-    and then rejects it against the string schema)."""
-    return _drop_empty(status.model_dump(by_alias=True, mode="json", exclude_none=True))
+    and then rejects it against the string schema). The run records and planned runs, most of the object, leave out
+    their fields at defaults (a zero attempt, no pods, no checkpoints): every status write costs the API server
+    about 1 ms per KB of the whole object (47 ms at 34 KB against 13 ms at 2 KB, idle), and a merge patch resends a
+    list whole. Their `state` stays, for `is_active` and for people reading the raw object. Parsing restores
+    every default, so the stored form reads back as the same status (tests/test_status_size.py)."""
+    document = status.model_dump(by_alias=True, mode="json", exclude_none=True)
+    document["runs"] = [_compact(record, keep=("state",)) for record in status.runs]
+    if status.plan is not None:
+        for phase in ("ladder", "round1", "round2", "final"):
+            document["plan"][phase]["runs"] = [_compact(run) for run in getattr(status.plan, phase).runs]
+    return _drop_empty(document)
 
 
 def merge_patch(old: Any, new: Any) -> Any:
@@ -233,7 +250,8 @@ class Reconciler:
             decision = held[1]
         else:
             decision = reconcile(spec, status, observations, now=time.time(), generation=generation,
-                                 seed=campaign_seed(name), options=self._options(namespace, name))
+                                 seed=campaign_seed(name), options=self._options(namespace, name),
+                                 owned=True)
         self._unpersisted[key] = (signature, decision)
         new = decision.status
         self._budget_condition(new, refused, generation)

@@ -34,6 +34,7 @@ class WorkQueue:
         self._heap: list[tuple[int, int, Hashable]] = []  # (priority, order, key); stale entries skipped on pop
         self._queued: dict[Hashable, int] = {}  # key → priority it is queued with
         self._active: set[Hashable] = set()
+        self._urgent_active: set[Hashable] = set()  # served at URGENT priority right now
         self._again: dict[Hashable, int] = {}  # marked while a worker held it
         self._delayed: list[tuple[float, int, Hashable]] = []  # (due, order, key)
         self._failures: dict[Hashable, int] = {}
@@ -62,6 +63,11 @@ class WorkQueue:
         with self._cond:
             heapq.heappush(self._delayed, (time.monotonic() + delay_s, next(self._order), key))
             self._cond.notify_all()
+
+    def urgent(self) -> bool:
+        """Is a new campaign waiting for, or in, its first pass? (Events wait meanwhile: kube/events.py.)"""
+        with self._cond:
+            return bool(self._urgent_active) or URGENT in self._queued.values()
 
     def depth(self) -> int:
         with self._cond:
@@ -99,6 +105,8 @@ class WorkQueue:
                             continue  # superseded by a more urgent entry for the same key
                         del self._queued[key]
                         self._active.add(key)
+                        if priority == URGENT:
+                            self._urgent_active.add(key)
                         self._on_depth(len(self._queued))
                         return key
                 timeout = self._delayed[0][0] - now if self._delayed else None
@@ -117,6 +125,7 @@ class WorkQueue:
                 log.exception("reconciling %s failed", key)
             with self._cond:
                 self._active.discard(key)
+                self._urgent_active.discard(key)
                 if failed:
                     n = self._failures.get(key, 0)
                     self._failures[key] = n + 1
