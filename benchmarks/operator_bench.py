@@ -74,6 +74,16 @@ def campaign_doc(name: str, namespace: str, concurrency: int, ladder_sizes: int 
     return doc
 
 
+def phases_from_metrics(text: str) -> dict[str, str]:
+    """Campaign → phase from the operator's `flopwise_campaign_phase{…} 1` series."""
+    phases = {}
+    for line in text.splitlines():
+        if line.startswith("flopwise_campaign_phase{") and float(line.rsplit(" ", 1)[1]) == 1.0:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            phases[labels["campaign"]] = labels["phase"]
+    return phases
+
+
 def histogram_quantile(text: str, name: str, q: float) -> float:
     """Prometheus' histogram_quantile over one un-labelled histogram in a text exposition."""
     buckets = []
@@ -237,12 +247,15 @@ def count_client_requests() -> None:
     from kubernetes.client import rest
 
     original = rest.RESTClientObject.request
+    if getattr(original, "counting", False):
+        return  # wrapped by an earlier run of this process (the baseline): wrapping again counts twice
 
     def request(self, method, url, *args, **kwargs):
         with _COUNT_LOCK:
             CLIENT_COUNTS[_key_of(method, url)] += 1
         return original(self, method, url, *args, **kwargs)
 
+    request.counting = True  # type: ignore[attr-defined]
     rest.RESTClientObject.request = request
 
 
@@ -546,8 +559,9 @@ def bench(args: argparse.Namespace, fit_workers: int | None) -> tuple[int, dict[
                     node.on_pod("LISTED", pod)
             if time.monotonic() - last_print >= 10:
                 last_print = time.monotonic()
-                items = custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]
-                phases = {i["metadata"]["name"]: (i.get("status") or {}).get("phase", "-") for i in items}
+                # From the operator's metrics, as a dashboard would: listing 100 campaigns (8 MB) every 10 s cost
+                # the API server 1.6 s each, a seventh of its time, slowing what this measures.
+                phases = dict.fromkeys(names, "-") | phases_from_metrics(op.scrape())
                 done = sum(p in TERMINAL for p in phases.values())
                 _, cpu, rss = sampler.samples[-1] if sampler.samples else sampler.sample()
                 print(f"[{time.monotonic() - t_start:6.0f} s] terminal {done}/{n} {dict(Counter(phases.values()))} "
