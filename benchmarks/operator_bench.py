@@ -79,7 +79,7 @@ def phases_from_metrics(text: str) -> dict[str, str]:
     phases = {}
     for line in text.splitlines():
         if line.startswith("flopwise_campaign_phase{") and float(line.rsplit(" ", 1)[1]) == 1.0:
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            labels = labels_of(line)
             phases[labels["campaign"]] = labels["phase"]
     return phases
 
@@ -262,17 +262,28 @@ def count_client_requests() -> None:
 _METRIC = re.compile(r"^apiserver_request_total\{([^}]*)\}\s+([0-9.e+]+)$")
 
 
-def request_metrics(cp: ControlPlane) -> Counter:
-    """apiserver_request_total summed per (verb, resource, subresource) and per code (key ('code', c, ''))."""
+def labels_of(text: str) -> dict[str, str]:
+    """The name="value" pairs of one Prometheus series."""
+    return dict(re.findall(r'(\w+)="([^"]*)"', text))
+
+
+def apiserver_metrics(cp: ControlPlane) -> str:
     code, text = cp._get(f"{cp.server}/metrics", cp.admin_token, timeout=10)
     if code != 200:
         raise RuntimeError(f"/metrics answered {code}")
+    return text
+
+
+def request_metrics(cp: ControlPlane, text: str | None = None) -> Counter:
+    """apiserver_request_total summed per (verb, resource, subresource) and per code (key ('code', c, '')), from
+    ``text`` (a scrape already made) or a fresh scrape."""
+    text = apiserver_metrics(cp) if text is None else text
     out: Counter = Counter()
     for line in text.splitlines():
         m = _METRIC.match(line)
         if not m:
             continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        labels = labels_of(m.group(1))
         if not labels.get("resource"):
             continue  # non-resource URLs: /metrics, /readyz, /healthz, discovery
         n = float(m.group(2))
@@ -284,14 +295,13 @@ def request_metrics(cp: ControlPlane) -> Counter:
 _LATENCY = re.compile(r"^apiserver_request_duration_seconds_(sum|count)\{([^}]*)\}\s+([0-9.e+]+)$")
 
 
-def request_latency(cp: ControlPlane) -> Counter:
+def request_latency(text: str) -> Counter:
     """apiserver_request_duration_seconds' sum and count per (verb, resource, subresource): keys (…, "sum"|"count")."""
-    code, text = cp._get(f"{cp.server}/metrics", cp.admin_token, timeout=10)
     out: Counter = Counter()
-    for line in text.splitlines() if code == 200 else []:
+    for line in text.splitlines():
         m = _LATENCY.match(line)
         if m:
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+            labels = labels_of(m.group(2))
             if labels.get("resource") and labels.get("verb") != "WATCH":
                 out[(labels["verb"], labels["resource"], labels.get("subresource", ""), m.group(1))] += float(
                     m.group(3))
@@ -528,8 +538,8 @@ def bench(args: argparse.Namespace, fit_workers: int | None) -> tuple[int, dict[
         time.sleep(1.0)
 
         custom = client.CustomObjectsApi(config.new_client_from_config(config_file=str(cp.kubeconfig)))
-        before = request_metrics(cp)
-        latency_before = request_latency(cp)
+        scrape = apiserver_metrics(cp)
+        before, latency_before = request_metrics(cp, scrape), request_latency(scrape)
         client_before = Counter(CLIENT_COUNTS)
         cpu_before = sampler.sample()[1]
         api_cpu_before = api_sampler.sample()[1]
@@ -577,8 +587,8 @@ def bench(args: argparse.Namespace, fit_workers: int | None) -> tuple[int, dict[
                       if s.get("phase") not in TERMINAL}
         cpu_run = sampler.sample()[1] - cpu_before
         api_cpu_run = api_sampler.sample()[1] - api_cpu_before
-        after = request_metrics(cp)
-        latency_after = request_latency(cp)
+        scrape = apiserver_metrics(cp)
+        after, latency_after = request_metrics(cp, scrape), request_latency(scrape)
         client_after = Counter(CLIENT_COUNTS)
 
         # Idle window: nothing changes; the operator should do (almost) nothing.

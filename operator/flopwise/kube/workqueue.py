@@ -33,8 +33,7 @@ class WorkQueue:
         self._cond = threading.Condition()
         self._heap: list[tuple[int, int, Hashable]] = []  # (priority, order, key); stale entries skipped on pop
         self._queued: dict[Hashable, int] = {}  # key → priority it is queued with
-        self._active: set[Hashable] = set()
-        self._urgent_active: set[Hashable] = set()  # served at URGENT priority right now
+        self._active: dict[Hashable, int] = {}  # key being served → the priority it was queued with
         self._again: dict[Hashable, int] = {}  # marked while a worker held it
         self._delayed: list[tuple[float, int, Hashable]] = []  # (due, order, key)
         self._failures: dict[Hashable, int] = {}
@@ -67,7 +66,7 @@ class WorkQueue:
     def urgent(self) -> bool:
         """Is a new campaign waiting for, or in, its first pass? (Events wait meanwhile: kube/events.py.)"""
         with self._cond:
-            return bool(self._urgent_active) or URGENT in self._queued.values()
+            return URGENT in self._active.values() or URGENT in self._queued.values()
 
     def depth(self) -> int:
         with self._cond:
@@ -104,9 +103,7 @@ class WorkQueue:
                         if self._queued.get(key) != priority:
                             continue  # superseded by a more urgent entry for the same key
                         del self._queued[key]
-                        self._active.add(key)
-                        if priority == URGENT:
-                            self._urgent_active.add(key)
+                        self._active[key] = priority
                         self._on_depth(len(self._queued))
                         return key
                 timeout = self._delayed[0][0] - now if self._delayed else None
@@ -124,8 +121,7 @@ class WorkQueue:
                 failed = True
                 log.exception("reconciling %s failed", key)
             with self._cond:
-                self._active.discard(key)
-                self._urgent_active.discard(key)
+                self._active.pop(key, None)
                 if failed:
                     n = self._failures.get(key, 0)
                     self._failures[key] = n + 1
