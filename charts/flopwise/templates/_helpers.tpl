@@ -81,11 +81,11 @@ app.kubernetes.io/part-of: flopwise
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
-# one ConfigMap per run holding its RunSpec, and rendezvous Services of multi-node (Indexed Job) runs: deleted
-# by spec.cleanup once the run's result is in the status
+# one ConfigMap per run holding its RunSpec (one an earlier attempt left is replaced), and rendezvous Services of
+# multi-node (Indexed Job) runs: deleted by spec.cleanup once the run's result is in the status
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [list, create, delete]
+  verbs: [list, create, update, delete]
 - apiGroups: [""]
   resources: [services]
   verbs: [create, delete]

@@ -35,7 +35,8 @@ import click
 @click.option("--leader-election-name", default="flopwise-operator", show_default=True, metavar="NAME",
               help="name of the Lease")
 @click.option("--workers", type=click.IntRange(min=1, max=64), default=8, show_default=True,
-              help="reconcile threads (one campaign is never reconciled by two at once)")
+              help="reconcile threads (one campaign is never reconciled by two at once); as many again serve "
+                   "only new campaigns' first passes")
 @click.option("--fit-workers", type=click.IntRange(min=0, max=64), default=None,
               help="processes that fit scaling laws off the reconcile threads (default: the CPUs, at most 4; "
                    "0: fit inline)")

@@ -120,7 +120,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         pool = FitPool(SETTINGS.fit_workers, on_done=_fit_done)
         pool.start()
         RECONCILER.fits = pool
-    QUEUE.start(SETTINGS.workers)
+    QUEUE.start(SETTINGS.workers, urgent_workers=SETTINGS.workers)
     threading.Thread(target=_resync, name="flopwise-resync", daemon=True).start()
     if SETTINGS.leader_election is not None:
         from kubernetes import client

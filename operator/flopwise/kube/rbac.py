@@ -22,9 +22,9 @@ def operator_rules() -> list[dict[str, Any]]:
         {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch",
                                                                   "delete"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
-        # ConfigMaps (a run's RunSpec) and rendezvous Services of multi-node (Indexed Job) runs: deleted by
-        # spec.cleanup once the run's result is in the status
-        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "create", "delete"]},
+        # ConfigMaps (a run's RunSpec; one an earlier attempt left is replaced) and rendezvous Services of multi-node
+        # (Indexed Job) runs: deleted by spec.cleanup once the run's result is in the status
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "create", "update", "delete"]},
         {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "delete"]},
         {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
     ]

@@ -8,10 +8,12 @@ is the part that talks to the API server about one campaign.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +135,7 @@ class Reconciler:
         self.requeue_after: Callable[[CampaignKey, float], None] = lambda _key, _delay: None
         self.events = EventPoster()
         self.fits: Callable[[Any], Any] | None = None  # the fit pool, when fits run off the GIL (handlers.py)
+        self._side: concurrent.futures.ThreadPoolExecutor | None = None  # writes beside a status write
 
     def apis(self) -> tuple[Any, Any, Any]:
         if self._api is None:
@@ -143,9 +146,11 @@ class Reconciler:
             except config.ConfigException:
                 config.load_kube_config(config_file=SETTINGS.kubeconfig)
             configuration = client.Configuration.get_default_copy()
-            # one connection per worker (and the event poster), or workers queue for the client's pool
+            # a connection per worker (as many again for new campaigns' first passes), per write beside a first
+            # pass's status write and per event poster thread, or the client's pool discards connections (a TLS
+            # handshake for each one opened again)
             configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0,
-                                                        SETTINGS.workers + 2)
+                                                        4 * SETTINGS.workers + 2)
             api_client = client.ApiClient(configuration)
             self._api = (client.CustomObjectsApi(api_client), client.CoreV1Api(api_client),
                          client.BatchV1Api(api_client))
@@ -258,20 +263,22 @@ class Reconciler:
         self._budget_condition(new, refused, generation)
         self._spec_valid_again(new, generation, permitted=not decision.launches)
         document = status_document(new)
-        if document != old or decision.launches:
+        launches = decision.launches
+        first = launches[:1] if not old.get("plan") else []  # a new campaign's first run: see _write_while
+        if document != old or launches:
             # Persist first (a 409 means someone wrote meanwhile: nothing was launched, start over).
-            self._persist(custom, body, merge_patch(old, document))
+            with self._write_while(executor, first, spec, new):
+                self._persist(custom, body, merge_patch(old, document))
             # Our own write's watch echo is not news, so look once more ourselves: a pass that changed something
             # may enable the next step (a refused Job, say, produces no event at all).
             self.requeue(key)
         self._unpersisted.pop(key, None)  # persisted: a later pass starts from the new status
-        launches = decision.launches
-        if not old.get("plan") and len(launches) > 1:
+        if first and len(launches) > 1:
             # A new campaign: its first Job now, the rest on its next pass (queued behind every other new
             # campaign's first pass), so a burst of applies each sees a Job within moments. Safe at any crash:
             # runs persisted Running without a Job are observed absent and launched.
             launches, self._deferred[key] = launches[:1], (executor, launches[1:], spec, new)
-        decision.events += self._launch(executor, launches, spec, new)
+        decision.events += self._launch(executor, launches, spec, new, config_map_written=len(first))
         self._stop_and_resume(executor, decision, spec, new)
         self._cleanup(key, meta, spec, new, core, batch, executor)
         self.events.post(core, body["metadata"], decision.events)
@@ -333,16 +340,49 @@ class Reconciler:
         return dataclasses.replace(SETTINGS.options, fitter=lambda request: pool(dataclasses.replace(
             request, owner=owner)))
 
+    @contextlib.contextmanager
+    def _write_while(self, executor: KubernetesExecutor, records: list[Any], spec: TrainingCampaignSpec,
+                     status: TrainingCampaignStatus) -> Iterator[None]:
+        """The ConfigMaps of ``records`` written while the body of the ``with`` (the status write) runs: a new
+        campaign's first Job waits for one round trip to the API server after its status, not two (at 100 campaigns
+        applied at once, the ConfigMap took 0.08-0.12 s of the first pass's 0.45 s). A ConfigMap is inert until a Job
+        mounts it: if the status write fails, it is deleted, and a later pass that records the run again replaces
+        it (KubernetesExecutor.write_config_map)."""
+        if not records:
+            yield
+            return
+        if self._side is None:
+            self._side = concurrent.futures.ThreadPoolExecutor(max_workers=2 * SETTINGS.workers,
+                                                               thread_name_prefix="flopwise-configmap")
+        written = [self._side.submit(executor.write_config_map, r, self._run_spec(executor, r, spec, status))
+                   for r in records]
+        try:
+            yield
+        except BaseException:
+            for record, future in zip(records, written, strict=True):
+                with contextlib.suppress(Exception):
+                    future.result()
+                    executor.remove_config_map(record.run_id)
+            raise
+        for future in written:
+            future.result()
+
+    @staticmethod
+    def _run_spec(executor: KubernetesExecutor, record: Any, spec: TrainingCampaignSpec,
+                  status: TrainingCampaignStatus) -> Any:
+        assert status.plan is not None  # launches exist only once a plan does
+        return run_spec_for(record, spec, status.plan, campaign=executor.campaign, data_path=jobs.data_path(spec),
+                            output_dir=jobs.output_dir(record.run_id))
+
     def _launch(self, executor: KubernetesExecutor, records: list[Any], spec: TrainingCampaignSpec,
-                status: TrainingCampaignStatus) -> list[tuple[str, str]]:
-        """ConfigMap + Job per record (idempotent); the events of Jobs the API server refused."""
+                status: TrainingCampaignStatus, *, config_map_written: int = 0) -> list[tuple[str, str]]:
+        """ConfigMap + Job per record (idempotent); the events of Jobs the API server refused. The first
+        ``config_map_written`` records' ConfigMaps were written already (_write_while)."""
         events: list[tuple[str, str]] = []
-        for record in records:
-            assert status.plan is not None  # launches exist only once a plan does
-            run_spec = run_spec_for(record, spec, status.plan, campaign=executor.campaign,
-                                    data_path=jobs.data_path(spec), output_dir=jobs.output_dir(record.run_id))
+        for i, record in enumerate(records):
+            run_spec = self._run_spec(executor, record, spec, status)
             executor.rejected.pop(record.run_id, None)
-            executor.launch(record, run_spec)
+            executor.launch(record, run_spec, config_map_written=i < config_map_written)
             if record.run_id in executor.rejected:
                 events.append(("LaunchRejected", f"{record.run_id}: {executor.rejected[record.run_id]}"))
         return events
