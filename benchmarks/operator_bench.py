@@ -507,9 +507,8 @@ def bench(args: argparse.Namespace, fit_workers: int | None) -> tuple[int, dict[
 
         # The controller-manager's garbage collector learns of a new CRD at its next monitor sync (every 30 s,
         # hard-coded in 1.20); until then each Job or ConfigMap owned by a campaign sends it to GET the owner (3 GETs
-        # per campaign, 76-134 ms each under load, counted as LIST in its metrics: 17 s of API server time in the burst
-        # this measures). A cluster
-        # installs the CRD long before its campaigns, so wait that sync out.
+        # per campaign, 76-134 ms each under load, counted as LIST in its metrics: 17 s of API server time in the
+        # burst this measures). A cluster installs the CRD long before its campaigns, so wait that sync out.
         time.sleep(max(2.0, GC_MONITOR_SYNC_S + 5.0 - (time.monotonic() - crd_ready)))
         # Background request rate of the idle control plane (before anything of ours runs).
         m0, t0 = request_metrics(cp), time.monotonic()
