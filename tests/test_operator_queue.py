@@ -330,12 +330,12 @@ def test_a_first_pass_writes_its_config_map_during_the_status_write_and_removes_
 
     core = _ConfigMaps()
     executor = KubernetesExecutor(core, None, namespace="ns", campaign="c", uid="u", spec=spec)
-    with reconciler._write_while(executor, [record], spec, status):
+    with reconciler._write_while(executor, record, spec, status):
         assert core.started.wait(5)  # written while the status write is still in flight
     assert core.calls == [("create", name)]
 
     core = _ConfigMaps()
     executor = KubernetesExecutor(core, None, namespace="ns", campaign="c", uid="u", spec=spec)
-    with pytest.raises(RuntimeError), reconciler._write_while(executor, [record], spec, status):
+    with pytest.raises(RuntimeError), reconciler._write_while(executor, record, spec, status):
         raise RuntimeError("409: the campaign changed meanwhile")
     assert core.calls == [("create", name), ("delete", name)]  # nothing left for a run the status never recorded

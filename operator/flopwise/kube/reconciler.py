@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from flopwise.api.load import describe
 from flopwise.api.spec import GROUP, PLURAL, VERSION, TrainingCampaignSpec
-from flopwise.api.status import LIVE_STATES, Condition, TrainingCampaignStatus
+from flopwise.api.status import LIVE_STATES, Condition, RunRecord, TrainingCampaignStatus
 from flopwise.engine import ledger
 from flopwise.engine.machine import Decision, EngineOptions, campaign_seed, iso_time, reconcile
 from flopwise.engine.runspec import run_spec_for
@@ -264,7 +264,7 @@ class Reconciler:
         self._spec_valid_again(new, generation, permitted=not decision.launches)
         document = status_document(new)
         launches = decision.launches
-        first = launches[:1] if not old.get("plan") else []  # a new campaign's first run: see _write_while
+        first = launches[0] if launches and not old.get("plan") else None  # a new campaign's: see _write_while
         if document != old or launches:
             # Persist first (a 409 means someone wrote meanwhile: nothing was launched, start over).
             with self._write_while(executor, first, spec, new):
@@ -273,12 +273,12 @@ class Reconciler:
             # may enable the next step (a refused Job, say, produces no event at all).
             self.requeue(key)
         self._unpersisted.pop(key, None)  # persisted: a later pass starts from the new status
-        if first and len(launches) > 1:
+        if first is not None and len(launches) > 1:
             # A new campaign: its first Job now, the rest on its next pass (queued behind every other new
             # campaign's first pass), so a burst of applies each sees a Job within moments. Safe at any crash:
             # runs persisted Running without a Job are observed absent and launched.
             launches, self._deferred[key] = launches[:1], (executor, launches[1:], spec, new)
-        decision.events += self._launch(executor, launches, spec, new, config_map_written=len(first))
+        decision.events += self._launch(executor, launches, spec, new, config_map_written=first)
         self._stop_and_resume(executor, decision, spec, new)
         self._cleanup(key, meta, spec, new, core, batch, executor)
         self.events.post(core, body["metadata"], decision.events)
@@ -341,31 +341,29 @@ class Reconciler:
             request, owner=owner)))
 
     @contextlib.contextmanager
-    def _write_while(self, executor: KubernetesExecutor, records: list[Any], spec: TrainingCampaignSpec,
-                     status: TrainingCampaignStatus) -> Iterator[None]:
-        """The ConfigMaps of ``records`` written while the body of the ``with`` (the status write) runs: a new
-        campaign's first Job waits for one round trip to the API server after its status, not two (at 100 campaigns
-        applied at once, the ConfigMap took 0.08-0.12 s of the first pass's 0.45 s). A ConfigMap is inert until a Job
-        mounts it: if the status write fails, it is deleted, and a later pass that records the run again replaces
-        it (KubernetesExecutor.write_config_map)."""
-        if not records:
+    def _write_while(self, executor: KubernetesExecutor, record: RunRecord | None,
+                     spec: TrainingCampaignSpec, status: TrainingCampaignStatus) -> Iterator[None]:
+        """The ConfigMap of ``record`` (None: nothing) written while the body of the ``with`` (the status write)
+        runs: a new campaign's first Job waits for one round trip to the API server after its status, not two (at 100
+        campaigns applied at once, the ConfigMap took 0.08-0.12 s of the first pass's 0.45 s). A ConfigMap is inert
+        until a Job mounts it: if the status write fails, it is deleted, and a later pass that records the run again
+        replaces it (KubernetesExecutor.write_config_map)."""
+        if record is None:
             yield
             return
         if self._side is None:
             self._side = concurrent.futures.ThreadPoolExecutor(max_workers=2 * SETTINGS.workers,
                                                                thread_name_prefix="flopwise-configmap")
-        written = [self._side.submit(executor.write_config_map, r, self._run_spec(executor, r, spec, status))
-                   for r in records]
+        run_spec = self._run_spec(executor, record, spec, status)
+        written = self._side.submit(executor.write_config_map, record, run_spec)
         try:
             yield
         except BaseException:
-            for record, future in zip(records, written, strict=True):
-                with contextlib.suppress(Exception):
-                    future.result()
-                    executor.remove_config_map(record.run_id)
+            with contextlib.suppress(Exception):
+                written.result()
+                executor.remove_config_map(record.run_id)
             raise
-        for future in written:
-            future.result()
+        written.result()
 
     @staticmethod
     def _run_spec(executor: KubernetesExecutor, record: Any, spec: TrainingCampaignSpec,
@@ -375,14 +373,15 @@ class Reconciler:
                             output_dir=jobs.output_dir(record.run_id))
 
     def _launch(self, executor: KubernetesExecutor, records: list[Any], spec: TrainingCampaignSpec,
-                status: TrainingCampaignStatus, *, config_map_written: int = 0) -> list[tuple[str, str]]:
-        """ConfigMap + Job per record (idempotent); the events of Jobs the API server refused. The first
-        ``config_map_written`` records' ConfigMaps were written already (_write_while)."""
+                status: TrainingCampaignStatus, *,
+                config_map_written: RunRecord | None = None) -> list[tuple[str, str]]:
+        """ConfigMap + Job per record (idempotent); the events of Jobs the API server refused. The ConfigMap of
+        ``config_map_written`` (a record, or None) was written already (_write_while)."""
         events: list[tuple[str, str]] = []
-        for i, record in enumerate(records):
+        for record in records:
             run_spec = self._run_spec(executor, record, spec, status)
             executor.rejected.pop(record.run_id, None)
-            executor.launch(record, run_spec, config_map_written=i < config_map_written)
+            executor.launch(record, run_spec, config_map_written=record is config_map_written)
             if record.run_id in executor.rejected:
                 events.append(("LaunchRejected", f"{record.run_id}: {executor.rejected[record.run_id]}"))
         return events
