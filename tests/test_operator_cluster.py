@@ -18,6 +18,7 @@ import time
 import pytest
 import yaml
 
+from flopwise.api.status import TrainingCampaignStatus
 from flopwise.contract import RunSpec
 from operator_harness import MANAGED, RUN_ID, Node, campaign, check_finished, drive, status_of, tiny_campaign
 
@@ -300,7 +301,7 @@ def test_budget_lowered_below_spending_is_refused_and_raising_it_continues(crd, 
                        timeout=30, what="the model edit observed")
     (frozen,) = [c for c in body["status"]["conditions"] if c["type"] == "SpecChangeRefused"]
     assert frozen["status"] == "True" and "spec.model" in frozen["message"], frozen
-    assert all(r["shape"]["seqLen"] == 32 for r in body["status"]["runs"])
+    assert all(r.shape.seq_len == 32 for r in TrainingCampaignStatus.model_validate(body["status"]).runs)
     cp.kubectl("patch", "trainingcampaign", "budget", "-n", ns, "--type=merge",
                "-p", json.dumps({"spec": {"model": {"seqLen": 32}}}))
     cp.wait_for(lambda: [c for c in campaign(cp, ns, "budget")["status"]["conditions"]

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from flopwise.api.spec import ApiModel, Dataset, Ladder, ModelFamily, PlanningLaw, Tuning
+from flopwise.api.stored import DERIVED_FIELDS, PLANNED_FIELDS, restore
 from flopwise.contract import ModelShape, ScheduleSpec
 
 Phase = Literal["Pending", "Planned", "Round1", "Round2", "Ladder", "Final", "Succeeded", "Failed"]
@@ -52,8 +53,22 @@ class Condition(ApiModel):
         return data
 
 
+def _record_schema(schema: dict[str, Any]) -> None:
+    """The CRD holds the stored form (api/stored.py): a record may leave out what its planned run says."""
+    optional = {*PLANNED_FIELDS, "plannedId"}
+    schema["required"] = [name for name in schema.get("required", []) if name not in optional]
+
+
+def _planned_run_schema(schema: dict[str, Any]) -> None:
+    """The CRD holds the stored form (api/stored.py): a planned run may leave out what its shape and the plan say."""
+    schema["required"] = [name for name in schema.get("required", []) if name not in DERIVED_FIELDS]
+
+
 class PlannedRun(ApiModel):
-    """One run the plan intends to launch, with its exact FLOPs and forecast cost."""
+    """One run the plan intends to launch, with its exact FLOPs and forecast cost. Stored without params, flops,
+    gpuHours or usd where they are what its shape, tokens and the plan's peakFlopsPerGpu and mfu give (usd: 0)."""
+
+    model_config = ConfigDict(json_schema_extra=_planned_run_schema)
 
     run_id: str
     role: RunRole
@@ -290,7 +305,12 @@ class PodTime(ApiModel):
 
 
 class RunRecord(ApiModel):
-    """One attempt at one planned run: its hyperparameters, its ledger entry and its result."""
+    """One attempt at one planned run: its hyperparameters, its ledger entry and its result. A stored record
+    without a shape has its planned run's shape, and of role, params, tokens, batchSize, steps, learningRate,
+    warmupFraction, level and checkpointsAt those it leaves out (read them there); without plannedId, plannedId is
+    its runId."""
+
+    model_config = ConfigDict(json_schema_extra=_record_schema)
 
     run_id: str = Field(max_length=200)
     planned_id: str = Field(max_length=200, description="the plan's run this attempt carries out")
@@ -520,3 +540,11 @@ class TrainingCampaignStatus(ApiModel):
     noise_floor: NoiseFloorStatus | None = None
     partial_check: PartialCheckStatus | None = None
     display: StatusDisplay | None = Field(default=None, description="display strings for printer columns")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _planned_fields(cls, data: Any) -> Any:
+        """A stored status gets back what its planned runs and records left out (api/stored.py)."""
+        if isinstance(data, dict) and isinstance(data.get("plan"), Plan):
+            return data  # built from models, not read from storage
+        return restore(data)
