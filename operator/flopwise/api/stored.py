@@ -14,6 +14,9 @@ records, and every planned run carried figures its shape gives.
 
 Leaving out is decided by comparing with exactly what reading back computes, so the stored form always reads back
 as the same status (tests/test_status_size.py); `restore` is what `TrainingCampaignStatus` runs before validating.
+It relies on a planned run never changing once a record carries it out: the plan only grows (grid and IsoFLOP
+extensions add runs), and the final phase is re-planned only before any final record exists (engine
+`_conclude`: with the partial leg committed, the target stays).
 """
 
 from __future__ import annotations
