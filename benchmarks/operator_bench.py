@@ -642,7 +642,8 @@ def bench(args: argparse.Namespace, fit_workers: int | None) -> tuple[int, dict[
         logged = first_created_logged(op.log, ns)
         latency_log = [logged[c] - applied[c] for c in names if c in logged]
         watch_lag = [first_seen[c] - logged[c] for c in names if c in logged and c in first_seen]
-        by_order = [latency[i:i + max(1, len(latency) // 5)] for i in range(0, len(latency), max(1, len(latency) // 5))]
+        fifth = max(1, len(latency) // 5)
+        by_order = [latency[i:i + fifth] for i in range(0, len(latency), fifth)]
         total_jobs = len(jobs_log.jobs)
         listed_jobs = len(job_batch.list_namespaced_job(ns, label_selector=CAMPAIGN_LABEL).items)
 

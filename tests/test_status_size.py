@@ -130,8 +130,9 @@ def test_a_record_is_stored_only_where_it_differs_from_its_planned_run() -> None
                                  "batch_size": ladder.batch_size, "steps": ladder.steps, "level": None}),
     ]
     mixed = status.model_copy(update={"runs": [*status.runs, *variants]})
-    stored = {r["runId"]: r for r in json.loads(json.dumps(status_document(mixed)))["runs"]}
-    assert TrainingCampaignStatus.model_validate({**status_document(mixed)}) == mixed
+    document = json.loads(json.dumps(status_document(mixed)))
+    assert TrainingCampaignStatus.model_validate(document) == mixed
+    stored = {r["runId"]: r for r in document["runs"]}
     assert stored[f"{first.run_id}-a1"]["plannedId"] == first.planned_id and "shape" not in stored[f"{first.run_id}-a1"]
     assert "shape" not in stored["lr"] and stored["lr"]["learningRate"] == first.learning_rate * 2
     assert "shape" not in stored["warm"] and stored["warm"]["warmupFraction"] == 0.0

@@ -24,22 +24,21 @@ from __future__ import annotations
 from typing import Any
 
 from flopwise.contract import ModelShape
+from flopwise.planning.budget import Pool
 
 PLANNED_FIELDS = ("role", "shape", "params", "tokens", "batchSize", "steps", "learningRate", "warmupFraction",
                   "level", "checkpointsAt")
 DERIVED_FIELDS = ("params", "flops", "gpuHours", "usd")
 PHASES = ("ladder", "round1", "round2", "final")
-SECONDS_PER_HOUR = 3600.0
 _RECORD_DEFAULTS: dict[str, Any] = {"warmupFraction": 0.0, "checkpointsAt": [], "level": None}
 _ABSENT = object()
 
 
 def _derived(run: dict[str, Any], peak: float, mfu: float) -> dict[str, Any]:
     """What a planned run's shape, tokens and the plan's throughput give (as planning/plan.py computes them)."""
-    shape = ModelShape.model_validate(run["shape"])
+    shape, pool = ModelShape.model_validate(run["shape"]), Pool(peak, mfu)  # unpriced: usd 0
     flops = shape.flops_per_token() * run["tokens"]
-    return {"params": shape.param_count(), "flops": flops, "gpuHours": flops / (peak * mfu * SECONDS_PER_HOUR),
-            "usd": 0.0}
+    return {"params": shape.param_count(), "flops": flops, "gpuHours": pool.gpu_hours(flops), "usd": pool.usd(flops)}
 
 
 def stored_planned_run(run: dict[str, Any], peak: float, mfu: float) -> dict[str, Any]:
