@@ -152,8 +152,15 @@ class _Planner:
         cfg = self.spec.ladder
         replicas = cfg.seeds - 1
 
+        designed: dict[float, list[PlannedRun]] = {}  # scale → design: the bisection revisits its ends
+
+        def design(scale: float) -> list[PlannedRun]:
+            if scale not in designed:
+                designed[scale] = self.design_runs(scale)
+            return designed[scale]
+
         def cost(scale: float, replicas: int = 0) -> float:
-            runs = self.design_runs(scale)
+            runs = design(scale)
             if not self.complete(runs):
                 return math.inf
             return sum(r.flops for r in runs) + replicas * self.seed_flops(runs)
@@ -180,7 +187,7 @@ class _Planner:
             self.dropped.append(f"ladder: {replicas} seed replicas do not fit the ladder share; no seed-noise floor "
                                 "(raise budget.split.ladder or lower ladder.seeds)")
             replicas = 0
-        runs = self.design_runs(largest_within(lambda x: cost(x, replicas), allotted, low, max(low, ceiling)))
+        runs = design(largest_within(lambda x: cost(x, replicas), allotted, low, max(low, ceiling)))
         notes = self.design_notes(runs)
         self.study(f"scaling ladder ({cfg.design})", "ladder", "size × tokens" if cfg.design == "wsd"
                    else "size at fixed compute, per level", runs)
