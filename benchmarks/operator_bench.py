@@ -121,6 +121,12 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14, 15)
 
 
+def machine_busy_s() -> float:
+    """CPU seconds every CPU of the machine has spent busy since boot (/proc/stat: all but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def children_of(pid: int) -> list[int]:
     """The operator's fit workers (and any other child process)."""
     out = []
@@ -511,11 +517,13 @@ def bench(args: argparse.Namespace, fit_workers: int | None) -> tuple[int, dict[
         # burst this measures). A cluster installs the CRD long before its campaigns, so wait that sync out.
         time.sleep(max(2.0, GC_MONITOR_SYNC_S + 5.0 - (time.monotonic() - crd_ready)))
         # Background request rate of the idle control plane (before anything of ours runs).
-        m0, t0 = request_metrics(cp), time.monotonic()
+        m0, t0, busy0 = request_metrics(cp), time.monotonic(), machine_busy_s()
         time.sleep(10.0)
-        m1, t1 = request_metrics(cp), time.monotonic()
+        m1, t1, busy1 = request_metrics(cp), time.monotonic(), machine_busy_s()
         background_rate = (resource_total(m1) - resource_total(m0)) / (t1 - t0)
-        print(f"idle control plane: {background_rate:.2f} API requests/s (background)")
+        print(f"idle control plane: {background_rate:.2f} API requests/s (background); the machine's CPUs "
+              f"{(busy1 - busy0) / (t1 - t0) / (os.cpu_count() or 1) * 100:.0f}% busy meanwhile (another tenant's "
+              "work on these shared cores shows here, and slows everything below)")
 
         op = Operator(cp, ns, logdir / "operator.log", args.bootstrap_resamples, args.fit_grid, args.workers,
                       fit_workers)
