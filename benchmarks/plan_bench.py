@@ -18,10 +18,9 @@ import yaml
 from flopwise.api.spec import TrainingCampaignSpec
 from flopwise.planning import shapes
 from flopwise.planning.plan import plan_campaign
+from operator_bench import campaign_doc  # beside this script: its directory is first on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from operator_bench import campaign_doc  # noqa: E402
 
 
 def campaigns() -> dict[str, TrainingCampaignSpec]:

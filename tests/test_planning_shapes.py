@@ -31,7 +31,7 @@ def test_every_depth_at_once_picks_the_same_shape_as_one_depth_at_a_time(rules: 
     at_once = [shapes._nearest_all_depths_at_once(rules, t) for t in targets]
     assert at_once == [shapes._nearest_one_depth_at_a_time(rules, t) for t in targets]
     assert len(set(at_once)) > 20  # the targets span many shapes, not one
-    assert [(s.n_layer, s.d_model) for s in map(lambda t: shape_for_params(rules, t), targets)] == at_once
+    assert [(s.n_layer, s.d_model) for s in (shape_for_params(rules, t) for t in targets)] == at_once
 
 
 def test_a_family_whose_widths_cannot_reach_the_target_is_refused_by_both() -> None:
