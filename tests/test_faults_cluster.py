@@ -283,7 +283,7 @@ def test_trainer_failures_are_charged_and_retried(crd, operator, apis) -> None:
     assert by_id["ladder-c0-01"].spent.flops == measured["ladder-c0-01"]  # its own report: what it measured
     assert "out of memory" in by_id["ladder-c0-01"].reason
     for run_id in ("ladder-c0-02", "ladder-c1-00", "ladder-c1-01"):  # no report: its whole reservation
-        assert by_id[run_id].result is None and by_id[run_id].reason == "no result reported", by_id[run_id]
+        assert by_id[run_id].result is None and by_id[run_id].reason.startswith("no result reported"), by_id[run_id]
         assert by_id[run_id].spent.flops > measured["ladder-c0-01"]
     hung = batch.read_namespaced_job("trainer-ladder-c1-01", ns)
     assert any(c.reason == "DeadlineExceeded" for c in hung.status.conditions or []), hung.status.conditions

@@ -171,6 +171,23 @@ def test_observation_mapping() -> None:
     assert refused.summary.exit_reason == "Job rejected: bad quantity"
 
 
+def test_a_failure_without_summary_says_what_the_kubelet_or_job_controller_said() -> None:
+    """No summary means the reservation is charged; the reason still tells a person what happened."""
+    oom = {"status": {"phase": "Failed", "containerStatuses": [{"name": "trainer", "state": {"terminated": {
+        "exitCode": 137, "reason": "OOMKilled"}}}]}}
+    seen = observe_run("r", Snapshot(pods={"r": [oom]}))
+    assert seen.state == "failed" and seen.summary is None and seen.reason == "container OOMKilled (exit code 137)"
+    garbled = observe_run("r", Snapshot(pods={"r": [_pod("{not json", 1, "Failed")]}))
+    assert garbled.reason == "container terminated (exit code 1), its termination message is not a run summary"
+    deadline = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                                           "message": "Job was active longer than specified deadline"}]}}
+    seen = observe_run("r", Snapshot(jobs={"r": deadline}))
+    assert seen.reason == "Job DeadlineExceeded: Job was active longer than specified deadline"
+    evicted = {"status": {"phase": "Failed", "reason": "Evicted", "message": "The node was low on memory."}}
+    seen = observe_run("r", Snapshot(jobs={"r": {"status": {"active": 1}}}, pods={"r": [evicted]}))
+    assert seen.reason == "Pod Evicted: The node was low on memory."
+
+
 def test_record_fields_survive_into_the_manifest() -> None:
     spec, _, record = first_launch(campaign_doc())
     retry = RunRecord.model_validate({**record.model_dump(), "run_id": f"{record.planned_id}-a1", "attempt": 1})

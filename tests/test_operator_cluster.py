@@ -235,7 +235,7 @@ def test_operator_killed_at_random_moments_loses_nothing_and_duplicates_nothing(
     lost = next(r for r in status.runs if r.run_id == deleted[0])
     assert lost.state == "Succeeded" and lost.reason.startswith("relaunched after loss")
     bad = next(r for r in status.runs if r.run_id == "ladder-c1-00")
-    assert bad.state == "Failed" and bad.result is None and bad.reason == "no result reported"
+    assert bad.state == "Failed" and bad.result is None and bad.reason.startswith("no result reported")
     assert bad.spent.flops > 0  # charged its whole reservation
     retry = next(r for r in status.runs if r.run_id == "ladder-c1-00-a1")
     assert retry.state == "Succeeded" and retry.result is not None

@@ -72,6 +72,7 @@ class Observation:
     run_id: str
     state: ObservedState
     summary: RunSummary | None = None
+    reason: str = ""  # why it failed when there is no summary to say so (e.g. the container was OOMKilled)
 
 
 @dataclass
@@ -175,13 +176,13 @@ class _Engine:
             elif obs.state == "absent":
                 self.launches.append(record)  # persisted as Running but never started: launch (idempotent)
             elif obs.state in ("succeeded", "failed"):
-                self._finish(record, obs.summary, succeeded=obs.state == "succeeded")
+                self._finish(record, obs.summary, succeeded=obs.state == "succeeded", why=obs.reason)
             elif obs.state == "lost":
                 self._lost(record)
             elif obs.state == "running":
                 record.seen_running = True
 
-    def _finish(self, record: RunRecord, summary: RunSummary | None, *, succeeded: bool) -> None:
+    def _finish(self, record: RunRecord, summary: RunSummary | None, *, succeeded: bool, why: str = "") -> None:
         pool = self._pool()
         if summary is not None and summary.run_id not in (record.run_id, "unknown"):
             summary = None  # a result for another run: not trusted
@@ -200,7 +201,7 @@ class _Engine:
             self._event("RunSucceeded", f"{record.run_id}: val loss {record.result.final_val_loss:.4f}")
             return
         record.state = "Failed"
-        reason = summary.exit_reason if summary is not None else "no result reported"
+        reason = summary.exit_reason if summary is not None else f"no result reported{': ' + why if why else ''}"
         diverged = summary is not None and summary.status == "diverged"
         record.reason = (f"diverged: {reason}" if diverged else reason)[:1024]
         self._event("RunFailed", f"{record.run_id}: {record.reason}")

@@ -82,8 +82,8 @@ def observe_run(run_id: str, snapshot: Snapshot) -> Observation:
         message = terminated.get("message") or ""
         try:
             summary = RunSummary.from_message(message[:MESSAGE_LIMIT])
-        except ValueError:
-            return Observation(run_id, "failed", None)  # garbled or absent: charged its reservation
+        except ValueError:  # garbled or absent: charged its reservation; the kubelet's words say why
+            return Observation(run_id, "failed", None, _container_reason(terminated, message))
         ok = terminated.get("exitCode") == 0 and summary.status == "succeeded"
         return Observation(run_id, "succeeded" if ok else "failed", summary)
     job = snapshot.jobs.get(run_id)
@@ -92,16 +92,36 @@ def observe_run(run_id: str, snapshot: Snapshot) -> Observation:
                                                         exit_reason=snapshot.rejected[run_id][:512]))
     if job is not None:
         if _condition(job, "Failed"):
-            return Observation(run_id, "failed", None)
+            return Observation(run_id, "failed", None, _job_failure(job))
         if _condition(job, "Complete"):  # complete but its Pod is gone: the result cannot be read
-            return Observation(run_id, "failed", None)
+            return Observation(run_id, "failed", None, "the Job completed but its Pod is gone")
         for pod in snapshot.pods.get(run_id, []):
             if get_path(pod, "status", "phase") == "Failed":  # evicted or killed before a container status
-                return Observation(run_id, "failed", None)
+                return Observation(run_id, "failed", None, _pod_failure(pod))
         return Observation(run_id, "running")
     if run_id in snapshot.config_maps and run_id not in snapshot.forbidden:
         return Observation(run_id, "lost")
     return Observation(run_id, "absent")
+
+
+def _container_reason(terminated: dict[str, Any], message: str) -> str:
+    """The kubelet's account of a container that left no readable summary, e.g. 'container OOMKilled (exit code
+    137)'."""
+    text = f"container {terminated.get('reason') or 'terminated'} (exit code {terminated.get('exitCode')})"
+    return text + (", its termination message is not a run summary" if message.strip() else "")
+
+
+def _job_failure(job: dict[str, Any]) -> str:
+    """The Job controller's reason, e.g. 'Job DeadlineExceeded: Job was active longer than specified deadline'."""
+    for c in get_path(job, "status", "conditions") or []:
+        if c.get("type") == "Failed" and c.get("status") == "True":
+            return f"Job {c.get('reason') or 'Failed'}: {c.get('message') or ''}".strip(": ")[:512]
+    return "Job failed"
+
+
+def _pod_failure(pod: dict[str, Any]) -> str:
+    reason, message = get_path(pod, "status", "reason"), get_path(pod, "status", "message")
+    return f"Pod {reason or 'Failed'}{': ' + message if message else ''}"[:512]
 
 
 def _reason(error: Any) -> str:
