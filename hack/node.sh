@@ -91,9 +91,11 @@ inputs_hash() {
   local f
   {
     echo "recipe $IMAGE_RECIPE ${KEY:-}"
-    context_files "$@" | while IFS= read -r f; do
-      [[ -f $REPO_ROOT/$f ]] && printf '%s  %s\n' "$(sha256sum <"$REPO_ROOT/$f" | cut -c1-64)" "$f"
-    done
+    if [[ $# -gt 0 ]]; then  # (no paths: no files; git ls-files would list the whole checkout)
+      context_files "$@" | while IFS= read -r f; do
+        [[ -f $REPO_ROOT/$f ]] && printf '%s  %s\n' "$(sha256sum <"$REPO_ROOT/$f" | cut -c1-64)" "$f"
+      done
+    fi
   } | sha256sum | cut -c1-16
 }
 
@@ -202,7 +204,8 @@ build_torch() {
   local base=$1 ref=$2 tar=$3 c
   pip_mounts "$IMAGES/pip.conf"
   c=$(bah from --pull=never "$base")
-  bah run --network host "${PIP_MOUNTS[@]}" "$c" -- pip install -q --no-cache-dir "$TORCH_SPEC" >&2
+  quietly "$IMAGES/torch-build.log" bah run --network host "${PIP_MOUNTS[@]}" "$c" -- \
+    pip install -q --no-cache-dir "$TORCH_SPEC"
   bah commit -q --rm "$c" "$ref" >/dev/null
   save_tar "$ref" "$tar"
 }
@@ -211,9 +214,14 @@ build_torch() {
 build_dockerfile() {
   local dockerfile=$1 ref=$2 tar=$3; shift 3
   pip_mounts "$IMAGES/pip.conf"
-  bah bud -q --pull=never --network host "${PIP_MOUNTS[@]}" "$@" -f "$REPO_ROOT/$dockerfile" -t "$ref" \
-    "$REPO_ROOT" >/dev/null
+  quietly "$IMAGES/$(basename "$(dirname "$dockerfile")")-build.log" \
+    bah bud -q --pull=never --network host "${PIP_MOUNTS[@]}" "$@" -f "$REPO_ROOT/$dockerfile" -t "$ref" "$REPO_ROOT"
   save_tar "$ref" "$tar"
+}
+
+quietly() {  # quietly LOG CMD...: CMD's output goes to LOG (pip's warnings are many); on failure its tail is shown
+  local out=$1; shift
+  "$@" >"$out" 2>&1 || { tail -n 40 "$out" >&2; die "failed: $* (whole log: $out)"; }
 }
 
 timed() {  # timed WHAT CMD...: runs CMD, logs how long it took

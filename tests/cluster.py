@@ -3,9 +3,9 @@
 The binaries come from ``hack/control-plane.sh build`` (Debian bookworm's kubernetes 1.20.2 source package, built
 once and cached outside the checkout). Nothing here is mocked: the API server validates, stores and serves objects,
 and the controllers (job, garbagecollector, namespace, serviceaccount, serviceaccount-token, ttl-after-finished,
-clusterrole-aggregation: what puts aggregated rules into the built-in edit/view roles) act on them. There is no
-kubelet and no node: a test that needs a Pod to finish plays the node itself by patching the Pod's ``status``
-subresource as a kubelet would.
+clusterrole-aggregation: what puts aggregated rules into the built-in edit/view roles) act on them. This control
+plane has no node: a test that needs a Pod to finish plays the node itself by patching the Pod's ``status``
+subresource as a kubelet would (tests/node.py adds a real node, in namespaces of its own).
 
 Everything listens on loopback ports chosen free at start; state, keys, kubeconfigs and one log per component live
 in a temporary folder (kept when FLOPWISE_KEEP_CLUSTER=1).

@@ -99,6 +99,16 @@ def _ns(pid: int | str, kind: str) -> str | None:
         return None
 
 
+def _pids_naming(text: str) -> set[int]:
+    """Processes whose command line contains ``text``."""
+    found = set()
+    for pid in _pids():
+        with contextlib.suppress(OSError):
+            if text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.add(pid)
+    return found
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -183,6 +193,7 @@ def reap_stale() -> list[str]:
         owner = folder / "owner"
         with contextlib.suppress(OSError, ValueError):
             if owner.exists() and not _alive(int(owner.read_text().split()[0])):
+                _kill_all(_pids_naming(str(folder)))  # containerd's shims (their -address is in the folder)
                 shutil.rmtree(folder, ignore_errors=True)
                 reaped.append(str(folder))
     return reaped

@@ -115,8 +115,9 @@ def install(nc: NodeCluster, namespace: str) -> Release:
 
 
 def tiny_campaign(release: Release, name: str, **spec_changes) -> dict:
-    """tests/data/tiny-campaign.yaml grown a final run with the partial check (10 Pods: 5 ladder rungs, 3 Round-1
-    LRs, 1 Round-2 run, the final run's two legs), on the stdlib shards, its outputs on the PVC."""
+    """tests/data/tiny-campaign.yaml grown a final run with the partial check (11 Pods: 5 ladder rungs, 3 Round-1
+    LRs, 1 Round-2 run, the final run's two legs; ~500 steps of 1024 tokens), on the stdlib shards, its outputs on
+    the PVC."""
     doc = yaml.safe_load((ROOT / "tests" / "data" / "tiny-campaign.yaml").read_text())
     doc["metadata"] = {"name": name, "namespace": release.namespace}
     spec = doc["spec"]
@@ -125,8 +126,10 @@ def tiny_campaign(release: Release, name: str, **spec_changes) -> dict:
     spec["final"] = {"enabled": True, "partialCheck": True}
     spec["ladder"]["seeds"] = 1
     spec["tuning"]["proxyWidths"] = 1
+    spec["tuning"]["batchTokens"] = 1024  # ~500 steps in all: a tiny model's step costs little more at 4× the batch
     spec["dataset"] = {"path": DATASET_MOUNT, "claimName": TOKENS_CLAIM}
-    spec["trainer"] = {"image": release.trainer_image, "outputClaimName": OUTPUTS_CLAIM}
+    # two Pods at a time share 2 cores: one torch thread each (3× less CPU per run than torch's default here)
+    spec["trainer"] = {"image": release.trainer_image, "outputClaimName": OUTPUTS_CLAIM, "args": ["--threads", "1"]}
     for dotted, value in spec_changes.items():
         target = spec
         *parents, leaf = dotted.split(".")
@@ -276,3 +279,53 @@ class Prometheus:
 
     def stop(self) -> None:
         self.nc._stop("prometheus", grace=5.0)
+
+
+# ----------------------------------------------------------------------------------------------- single Jobs
+PROBE_UID = "7e1c0f00-0000-4000-8000-00000000f10d"  # a campaign uid of no campaign: such Jobs carry no owner
+
+
+def operator_job(release: Release, name: str, *, command: list[str] | None = None, tokens: int | None = None,
+                 resources: dict | None = None) -> str:
+    """Creates the ConfigMap and Job the operator would for the tiny campaign's first run (``jobs.run_job`` and
+    ``jobs.run_config_map`` on the engine's first launch), renamed ``name`` and with no owner; only the command,
+    the run's tokens or the resources may differ. Returns the Job's name."""
+    from flopwise.api.load import parse_campaign
+    from flopwise.engine.machine import reconcile
+    from flopwise.engine.runspec import run_spec_for
+    from flopwise.kube import jobs
+
+    changes = {"trainer.resources": resources} if resources else {}
+    doc = tiny_campaign(release, name, **changes)
+    if command:
+        doc["spec"]["trainer"]["command"] = command
+    campaign = parse_campaign(doc)
+    decision = reconcile(campaign.spec, None, [], now=1000.0, seed=1)
+    record = decision.launches[0]
+    run_spec = run_spec_for(record, campaign.spec, decision.status.plan, campaign=name,
+                            data_path=jobs.data_path(campaign.spec), output_dir=jobs.output_dir(record.run_id))
+    if tokens:
+        run_spec = run_spec.model_copy(update={"tokens": tokens})
+    cm = jobs.run_config_map(name, PROBE_UID, release.namespace, record, run_spec)
+    job = jobs.run_job(name, PROBE_UID, release.namespace, record, campaign.spec)
+    for obj in (cm, job):
+        obj["metadata"].pop("ownerReferences")  # no campaign owns them: the garbage collector would take them
+    release.nc.apply_yaml(yaml.safe_dump_all([cm, job]))
+    return job["metadata"]["name"]
+
+
+def pod_of(release: Release, job: str) -> dict | None:
+    pods = release.json("get", "pods", "-l", f"job-name={job}")["items"]
+    return pods[0] if pods else None
+
+
+def terminated(release: Release, job: str, timeout: float = 300.0) -> tuple[dict, dict]:
+    """The Job's Pod and its container's terminated state, once the kubelet reports it."""
+    def done():
+        pod = pod_of(release, job)
+        for cs in (pod or {}).get("status", {}).get("containerStatuses") or []:
+            if cs.get("state", {}).get("terminated"):
+                return pod, cs["state"]["terminated"]
+        return None
+
+    return wait_for(done, timeout=timeout, what=f"the container of Job {job} terminated")

@@ -4,7 +4,9 @@ promises checked — the ledger balanced (spent within budget, nothing left rese
 charges), no duplicate Job (one Job per run id unless the fault removed it), and no lost result (every result the
 node reported is in the status, exactly as reported).
 
-The tests play the NODE (tests/operator_harness.py's Node patches Pod status as a kubelet would) and, where a
+The tests play the NODE (tests/operator_harness.py's Node patches Pod status as a kubelet would): the states they
+need (a node answering in milliseconds, a result at an exact known loss, a report forged mid-run) are out of a
+real node's quick reach; the same faults with real Pods are tests/test_node_faults.py. Where a
 fault needs one, another actor: the eviction API's caller, a person deleting a Job, the kube-controller-manager's
 deadline (a Job's activeDeadlineSeconds patched small), another writer of the campaign. Everything else is real.
 The operator killed mid-reconcile is tests/test_operator_cluster.py's chaos test.

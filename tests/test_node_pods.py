@@ -13,17 +13,14 @@ import json
 import time
 
 import pytest
-import yaml
 
-from flopwise.api.load import parse_campaign
 from flopwise.contract import RunSummary
-from flopwise.engine.machine import reconcile
-from flopwise.engine.runspec import run_spec_for
 from flopwise.kube import jobs
 from flopwise.kube.executor import Snapshot, observe_run
-from node_campaign import tiny_campaign, wait_for
+from node_campaign import PROBE_UID, operator_job, pod_of, terminated, wait_for
 
-UID = "7e1c0f00-0000-4000-8000-00000000f10d"  # a campaign uid of no campaign: the Jobs carry no owner here
+pytestmark = pytest.mark.timeout(1800)  # the first node test also starts the node and installs the chart
+
 # Reads what the container is allowed, from inside it, and reports it as its termination message.
 PROBE = r"""
 import json, os
@@ -45,43 +42,6 @@ report = {"uid": os.getuid(), "gid": os.getgid(), "groups": sorted(os.getgroups(
 open("/dev/termination-log", "w").write(json.dumps(report))
 print("probe", json.dumps(report))
 """
-
-
-def operator_job(release, name: str, *, command: list[str] | None = None, tokens: int | None = None) -> str:
-    """Creates the ConfigMap and Job the operator would for the tiny campaign's first run (renamed ``name``, with
-    no owner); returns the Job's name."""
-    doc = tiny_campaign(release, name)
-    if command:
-        doc["spec"]["trainer"]["command"] = command
-    campaign = parse_campaign(doc)
-    decision = reconcile(campaign.spec, None, [], now=1000.0, seed=1)
-    record = decision.launches[0]
-    run_spec = run_spec_for(record, campaign.spec, decision.status.plan, campaign=name,
-                            data_path=jobs.data_path(campaign.spec), output_dir=jobs.output_dir(record.run_id))
-    if tokens:
-        run_spec = run_spec.model_copy(update={"tokens": tokens})
-    cm = jobs.run_config_map(name, UID, release.namespace, record, run_spec)
-    job = jobs.run_job(name, UID, release.namespace, record, campaign.spec)
-    for obj in (cm, job):
-        obj["metadata"].pop("ownerReferences")  # no campaign owns them: the garbage collector would take them
-    release.nc.apply_yaml(yaml.safe_dump_all([cm, job]))
-    return job["metadata"]["name"]
-
-
-def pod_of(release, job: str) -> dict | None:
-    pods = release.json("get", "pods", "-l", f"job-name={job}")["items"]
-    return pods[0] if pods else None
-
-
-def terminated(release, job: str, timeout: float = 180.0) -> tuple[dict, dict]:
-    def done():
-        pod = pod_of(release, job)
-        for cs in (pod or {}).get("status", {}).get("containerStatuses") or []:
-            if cs.get("state", {}).get("terminated"):
-                return pod, cs["state"]["terminated"]
-        return None
-
-    return wait_for(done, timeout=timeout, what=f"the container of Job {job} terminated")
 
 
 def test_restricted_security_context_is_in_force_inside_the_container(flopwise_release) -> None:
@@ -136,8 +96,8 @@ def test_sigterm_checkpoints_and_reports_an_honest_failure(flopwise_release) -> 
     summary = RunSummary.from_message(state["message"])
     assert state["exitCode"] != 0 and summary.status == "failed", (state, summary)
     assert "SIGTERM" in summary.exit_reason and "checkpointed" in summary.exit_reason, summary.exit_reason
-    assert 0 < summary.steps and 0 < summary.flops, summary
-    checkpoint = release.outputs_dir / UID / summary.run_id / "checkpoint.pt"
+    assert summary.steps > 0 and summary.flops > 0, summary
+    checkpoint = release.outputs_dir / PROBE_UID / summary.run_id / "checkpoint.pt"
     assert checkpoint.is_file(), f"no checkpoint at {checkpoint}"
     observation = observe_run(summary.run_id, Snapshot(pods={summary.run_id: [pod]}))
     assert observation.state == "failed" and observation.summary == summary
