@@ -26,6 +26,8 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import ctypes
+import fcntl
+import hashlib
 import json
 import os
 import re
@@ -62,6 +64,8 @@ KERNEL_TUNABLES = {"vm/overcommit_memory": "1", "vm/panic_on_oom": "0", "kernel/
 PRIVATE_PATHS = ("/run/containerd", "/run/netns", "/var/lib/kubelet", "/var/lib/cni", "/var/log/pods",
                  "/var/log/containers")
 CLONE_NEWNET = 0x40000000
+CACHE_ROOT = Path(os.environ.get("FLOPWISE_CACHE") or Path.home() / ".cache" / "flopwise")
+GOLDEN_ROOT = CACHE_ROOT / "containerd-golden"  # containerd's root right after importing the images (see below)
 
 
 class NodeError(ControlPlaneError):
@@ -404,6 +408,57 @@ class NodeCluster(ControlPlane):
                    "/healthz")
 
     # ------------------------------------------------------------------------------------------- containerd
+    # ------------------------------------------------------------------------------------------- images
+    # Importing the images takes minutes on a busy 2-core machine (the trainer image is 1.3 GB, unpacked on
+    # import). The first run stores containerd's root right after its import as a golden copy in the cache, keyed
+    # by the images' tars; later runs start from a hard-linked copy of it (seconds): image layers, blobs and unpacked
+    # snapshots are never written in place, and the files that are (the bolt databases) are copied for real.
+    def _golden(self) -> Path:
+        key = hashlib.sha256(" ".join(f"{ref}={tar}" for ref, tar in sorted(self.images.values())).encode())
+        return GOLDEN_ROOT / key.hexdigest()[:16]
+
+    def _link_tree(self, source: Path, target: Path) -> None:
+        subprocess.run(["cp", "-a", "--link", str(source), str(target)], check=True, capture_output=True)
+        for db in target.rglob("*.db"):  # written in place: each copy its own
+            db.unlink()
+            shutil.copy2(source / db.relative_to(target), db)
+
+    def _root_from_golden(self) -> None:
+        golden = self._golden()
+        root = self.workdir / "containerd" / "root"
+        if (golden / "READY").exists() and not root.exists():
+            root.parent.mkdir(parents=True, exist_ok=True)
+            t0 = time.monotonic()
+            try:
+                self._link_tree(golden / "root", root)
+                self.timings["containerd_root_linked"] = time.monotonic() - t0
+            except (subprocess.CalledProcessError, OSError):  # another filesystem, say: import instead
+                shutil.rmtree(root, ignore_errors=True)
+
+    def _save_golden(self) -> None:
+        golden = self._golden()
+        GOLDEN_ROOT.mkdir(parents=True, exist_ok=True)
+        with open(GOLDEN_ROOT / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if (golden / "READY").exists():
+                return
+            self._stop("containerd", grace=10.0)  # its databases closed and consistent
+            tmp = GOLDEN_ROOT / f"tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            try:
+                self._link_tree(self.workdir / "containerd" / "root", tmp / "root")
+                (tmp / "READY").write_text(" ".join(ref for ref, _ in self.images.values()) + "\n")
+                shutil.rmtree(golden, ignore_errors=True)
+                tmp.rename(golden)
+                for other in GOLDEN_ROOT.iterdir():  # one golden copy: the images of this checkout
+                    if other.is_dir() and other != golden:
+                        shutil.rmtree(other, ignore_errors=True)
+            except (subprocess.CalledProcessError, OSError):
+                shutil.rmtree(tmp, ignore_errors=True)
+            finally:
+                self._spawn_containerd()
+
     def _start_containerd(self) -> None:
         w = self.workdir
         (w / "cni" / "net.d").mkdir(parents=True)
@@ -448,7 +503,11 @@ state = "{w / 'containerd' / 'state'}"
     max_conf_num = 1
 """
         (w / "containerd.toml").write_text(config)
-        self._spawn("containerd", ["containerd", f"--config={w / 'containerd.toml'}"])
+        self._root_from_golden()
+        self._spawn_containerd()
+
+    def _spawn_containerd(self) -> None:
+        self._spawn("containerd", ["containerd", f"--config={self.workdir / 'containerd.toml'}"])
         self._wait("containerd", lambda: self.ctr("version", check=False).returncode == 0, "its socket")
 
     def ctr(self, *args: str, check: bool = True, timeout: float = 600.0) -> subprocess.CompletedProcess:
@@ -459,13 +518,19 @@ state = "{w / 'containerd' / 'state'}"
         return res
 
     def _import_images(self) -> None:
+        imported = False
         for name in ("pause", "operator", "trainer"):
             ref, tar = self.images[name]
+            if ref in self.ctr("images", "ls", "-q").stdout.split():
+                continue  # from the golden copy
             t0 = time.monotonic()
             self.ctr("images", "import", str(tar))
             self.timings[f"import_{name}"] = time.monotonic() - t0
+            imported = True
             if ref not in self.ctr("images", "ls", "-q").stdout.split():
                 raise NodeError(f"{tar} imported, but containerd has no image {ref}")
+        if imported:
+            self._save_golden()
 
     # ------------------------------------------------------------------------------------------- kubelet
     def _write_kubelet_config(self) -> Path:
