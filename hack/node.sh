@@ -156,7 +156,7 @@ ensure_loaded() {
   image_present "$1"
 }
 
-# Keeps the newest $2 tars of image $1 (other worktrees may be testing other sources) and drops the rest, from the
+# Keeps the newest $2 tars of image $1 (another worktree may be testing other sources) and drops the rest, from the
 # tar folder and from buildah's store.
 prune() {
   local name=$1 keep=$2 tar ref
@@ -217,6 +217,7 @@ build_dockerfile() {
   quietly "$IMAGES/$(basename "$(dirname "$dockerfile")")-build.log" \
     bah bud -q --pull=never --network host "${PIP_MOUNTS[@]}" "$@" -f "$REPO_ROOT/$dockerfile" -t "$ref" "$REPO_ROOT"
   save_tar "$ref" "$tar"
+  bah rmi -f "$ref" >/dev/null  # the tar is the cache: vfs keeps a full copy of every layer (GBs for the trainer)
 }
 
 quietly() {  # quietly LOG CMD...: CMD's output goes to LOG (pip's warnings are many); on failure its tail is shown
@@ -266,8 +267,8 @@ cmd_images() {
   h_pause=$(KEY="pause $(sha256sum <"$bin/pause" | cut -c1-64)" inputs_hash)
   local t_pause=$IMAGES/tars/pause-$h_pause.tar
   [[ -f $t_pause ]] || timed "pause image" build_pause "$bin/pause" "$t_pause"
-  prune flopwise-operator 3
-  prune flopwise-trainer 3
+  prune flopwise-operator 2
+  prune flopwise-trainer 2
   prune flopwise-base 1
   prune flopwise-torch 1
   prune pause 1

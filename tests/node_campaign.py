@@ -128,8 +128,10 @@ def tiny_campaign(release: Release, name: str, **spec_changes) -> dict:
     spec["tuning"]["proxyWidths"] = 1
     spec["tuning"]["batchTokens"] = 1024  # ~500 steps in all: a tiny model's step costs little more at 4× the batch
     spec["dataset"] = {"path": DATASET_MOUNT, "claimName": TOKENS_CLAIM}
-    # two Pods at a time share 2 cores: one torch thread each (3× less CPU per run than torch's default here)
-    spec["trainer"] = {"image": release.trainer_image, "outputClaimName": OUTPUTS_CLAIM, "args": ["--threads", "1"]}
+    # two Pods at a time share 2 cores: one torch thread each (3× less CPU per run than torch's default here), and
+    # a CPU request, as a real campaign would set: a BestEffort Pod's cgroup weighs 2 against the operator Pod's 102
+    spec["trainer"] = {"image": release.trainer_image, "outputClaimName": OUTPUTS_CLAIM, "args": ["--threads", "1"],
+                       "resources": {"requests": {"cpu": "500m"}}}
     for dotted, value in spec_changes.items():
         target = spec
         *parents, leaf = dotted.split(".")

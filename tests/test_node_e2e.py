@@ -30,7 +30,7 @@ from node_campaign import (
     wait_phase,
 )
 
-pytestmark = pytest.mark.timeout(1800)  # the first node test also starts the node (importing the images) and Helm
+pytestmark = pytest.mark.timeout(2700)  # the first node test also starts the node (importing the images) and Helm
 
 
 def first_running(release, name: str) -> bool:

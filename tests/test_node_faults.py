@@ -37,7 +37,7 @@ from node_campaign import (
 )
 
 FIGURES: dict[str, object] = {}
-pytestmark = pytest.mark.timeout(1800)  # a campaign of real Pods on 2 shared cores, four faults waiting their turn
+pytestmark = pytest.mark.timeout(2700)  # a campaign of real Pods on 2 shared cores, four faults waiting their turn
 
 
 def job_of(release, name: str, run_id: str) -> dict | None:

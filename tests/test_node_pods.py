@@ -19,7 +19,7 @@ from flopwise.kube import jobs
 from flopwise.kube.executor import Snapshot, observe_run
 from node_campaign import PROBE_UID, operator_job, pod_of, terminated, wait_for
 
-pytestmark = pytest.mark.timeout(1800)  # the first node test also starts the node and installs the chart
+pytestmark = pytest.mark.timeout(2700)  # the first node test also starts the node and installs the chart
 
 # Reads what the container is allowed, from inside it, and reports it as its termination message.
 PROBE = r"""
