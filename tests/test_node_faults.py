@@ -92,7 +92,7 @@ def test_deadline_pod_deletion_operator_restart_and_node_restart_lose_nothing(no
     restart_run = restarted["metadata"]["annotations"][RUN_ID]
     FIGURES["kubelet_restart_ready_s"] = round(nc.restart_kubelet(down_s=3.0), 1)
 
-    status = wait_phase(release, name, timeout=900)
+    status = wait_phase(release, name, timeout=1500)
     FIGURES["campaign_wall_s"] = round(time.monotonic() - t0, 1)
     runs = {r.run_id: r for r in status.runs}
     FIGURES["runs"] = [(r.run_id, r.state, r.reason, f"{r.spent.flops:.3g}") for r in status.runs]
