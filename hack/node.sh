@@ -118,7 +118,7 @@ pip_mounts() {
       seen[$key $d]=1
       order+=("$key $d")
       d=${d#file://}
-      [[ ${d%/} == */simple ]] && d=$(dirname "${d%/}")  # a local index links to ../../files/: mount its root
+      [[ ${d%/} == */simple ]] && d=$(dirname "${d%/}")  # a local index links two folders up: mount its root
       [[ -d $d ]] && dirs+=("$d")
     done
   done < <(python3 -m pip config list 2>/dev/null)
