@@ -22,7 +22,7 @@ import yaml
 
 from cluster import script
 from flopwise.api.status import TrainingCampaignStatus
-from node import NODE_IP, NodeCluster
+from node import NodeCluster
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "flopwise"
@@ -49,10 +49,10 @@ class Release:
     figures: dict[str, float] = field(default_factory=dict)
 
     def kubectl(self, *args: str, **kw) -> subprocess.CompletedProcess:
-        return self.nc.kubectl(*args, "-n", self.namespace, **kw)
+        return self.nc.kubectl("-n", self.namespace, *args, **kw)  # first: after `--` it would be the command's
 
     def json(self, *args: str) -> dict:
-        return self.nc.kubectl_json(*args, "-n", self.namespace)
+        return self.nc.kubectl_json("-n", self.namespace, *args)
 
     def operator_pods(self) -> list[dict]:
         return self.json("get", "pods", "-l", OPERATOR_SELECTOR)["items"]
@@ -237,29 +237,24 @@ def result_json(release: Release, uid: str, run_id: str) -> dict:
 
 # ----------------------------------------------------------------------------------------------- Prometheus
 class Prometheus:
-    """Debian's Prometheus inside the cluster's network namespace, finding the operator through the chart's
-    metrics Service (kubernetes_sd_configs, role endpoints, as a cluster's Prometheus would) every 2 s."""
+    """Debian's Prometheus inside the cluster's network namespace, scraping the operator Pod every 2 s at the
+    address the chart's metrics Service has for it (its Endpoints). Debian builds Prometheus without Kubernetes
+    service discovery, so the test reads the Endpoints as that discovery would and gives them as a static target."""
 
     def __init__(self, nc: NodeCluster, namespace: str):
         self.nc = nc
         folder = Path(script("prometheus"))
         work = nc.workdir / f"prometheus-{secrets.token_hex(2)}"
         work.mkdir()
-        (work / "token").write_text(nc.admin_token)
+        endpoints = wait_for(lambda: nc.kubectl_json("get", "endpoints", f"{FULLNAME}-metrics", "-n", namespace)
+                             .get("subsets"), timeout=120, what="the metrics Service's endpoints")
+        port = next(p["port"] for p in endpoints[0]["ports"] if p.get("name") == "metrics")
+        self.targets = [f"{a['ip']}:{port}" for a in endpoints[0]["addresses"]]
         self.port = 9099
         self.url = f"http://127.0.0.1:{self.port}"
         config = {
             "global": {"scrape_interval": "2s", "scrape_timeout": "2s", "evaluation_interval": "2s"},
-            "scrape_configs": [{
-                "job_name": "flopwise-operator",
-                "kubernetes_sd_configs": [{
-                    "role": "endpoints", "api_server": f"https://{NODE_IP}:443",
-                    "namespaces": {"names": [namespace]},
-                    "authorization": {"credentials_file": str(work / "token")},
-                    "tls_config": {"ca_file": str(nc.ca_file)}}],
-                "relabel_configs": [{
-                    "source_labels": ["__meta_kubernetes_service_name", "__meta_kubernetes_endpoint_port_name"],
-                    "regex": f"{FULLNAME}-metrics;metrics", "action": "keep"}]}]}
+            "scrape_configs": [{"job_name": "flopwise-operator", "static_configs": [{"targets": self.targets}]}]}
         (work / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.proc = nc._spawn("prometheus", [
             str(folder / "prometheus"), f"--config.file={work / 'prometheus.yml'}",
