@@ -281,3 +281,13 @@ def test_run_outputs_on_a_claim_live_in_the_campaign_uid_folder() -> None:
     doc["spec"]["trainer"] = {"outputClaimName": "Bad_Name"}
     with pytest.raises(Exception, match="outputClaimName"):
         first_launch(doc)
+
+
+def test_a_replacement_pods_success_is_read_before_its_predecessors_failure() -> None:
+    """On a real node, deleting a trainer Pod makes the Job controller start another at once; the deleted one
+    reports its SIGTERM failure, the new one may resume the checkpoint and succeed: that result must count."""
+    stopped = RunSummary(run_id="r", status="failed", exit_reason="terminated by SIGTERM at step 8 of 33").to_message()
+    done = RunSummary(run_id="r", status="succeeded", final_val_loss=2.0, tokens=10).to_message()
+    snap = Snapshot(pods={"r": [_pod(stopped, 1, "Failed"), _pod(done, 0, "Succeeded")]})
+    seen = observe_run("r", snap)
+    assert seen.state == "succeeded" and seen.summary.final_val_loss == 2.0

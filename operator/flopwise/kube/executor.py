@@ -73,7 +73,10 @@ def observe_run(run_id: str, snapshot: Snapshot) -> Observation:
         terminated = terminated_of(pod)
         if completion_index(pod) > 0 and terminated is not None and terminated.get("exitCode") != 0:
             return Observation(run_id, "failed", None)  # a worker node died: the run's result is lost with it
-    for pod in pods:
+    # A deleted Pod's replacement (the Job controller makes one at once) can finish after the deleted one has
+    # failed, resuming its checkpoint: a Pod that exited 0 is read first, so its result is never lost behind its
+    # predecessor's failure (seen on a real node, tests/test_node_faults.py).
+    for pod in sorted(pods, key=lambda p: (terminated_of(p) or {}).get("exitCode") != 0):
         if completion_index(pod) > 0:
             continue
         terminated = terminated_of(pod)
