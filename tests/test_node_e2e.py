@@ -80,11 +80,11 @@ def test_helm_installed_operator_pod_runs_a_campaign_on_the_real_node(node_clust
         steps = next(r.steps for r in status.runs if r.run_id == "ladder-00")
         assert f"step {steps}/{steps} " in logs, logs[-2000:]
         # a real Prometheus scraped the operator Pod and has the campaign's phase and spend
-        found = wait_for(lambda: prometheus.query('flopwise_campaign_info{name="e2e",phase="Succeeded"}'),
-                         timeout=60, what="the Succeeded phase in Prometheus")
+        found = wait_for(lambda: prometheus.query('flopwise_campaign_phase{name="e2e",phase="Succeeded"} == 1'),
+                         timeout=60, what=f"the Succeeded phase in Prometheus (scraping {prometheus.targets})")
         instance = found[0]["metric"]["instance"]
         assert instance.startswith(operator_pod["status"]["podIP"] + ":"), (instance, operator_pod["status"])
-        assert prometheus.query('flopwise_runs{name="e2e",state="succeeded"}'), "no run counts scraped"
+        assert prometheus.query('flopwise_budget_spent_flops{name="e2e"} > 0'), "no spend scraped"
         sys.stderr.write(f"[e2e] predicted loss {status.recommendation.predicted_loss:.3f}; partial check "
                          f"{check.loss_before:.3f} → {check.loss_after:.3f}; scraped from {instance}\n")
     finally:
