@@ -21,6 +21,7 @@ from flopwise.api.status import RunRecord, TrainingCampaignStatus
 from flopwise.contract import CurvePoint, RunSummary
 from flopwise.engine import ledger
 from flopwise.engine.machine import EngineOptions, Observation, reconcile
+from flopwise.engine.runspec import run_spec_for
 from flopwise.fitting.fit import COARSE_GRID
 from flopwise.planning.laws import ScalingLaw
 
@@ -206,6 +207,11 @@ def test_failed_runs_are_retried_within_the_limit_then_charged() -> None:
     assert failed.state == "Failed" and failed.spent.flops == failure.flops  # charged what it consumed
     retry = next(r for r in status.runs if r.planned_id == first.planned_id and r.attempt == 1)
     assert retry.run_id == f"{first.planned_id}-a1"
+    # it continues the failed attempt's latest checkpoint, if that attempt left one (else from scratch)
+    assert retry.resume_from == first.run_id and retry.resume_step is None and retry.start_step == 0
+    run = run_spec_for(retry, SPEC, status.plan, campaign="tiny", data_path="/d", output_dir=f"/o/{retry.run_id}")
+    assert run.resume_from == f"/o/{first.run_id}" and run.resume_if_present and run.resume_step is None
+    assert run.total_steps == retry.steps  # the whole run: its learning rate follows the whole schedule
     # the retry waits for a slot (other runs finish), then fails too: max_retries is 1, so no third attempt
     for now in range(2, 20):
         retry = next(r for r in status.runs if r.run_id == retry.run_id)
@@ -214,6 +220,7 @@ def test_failed_runs_are_retried_within_the_limit_then_charged() -> None:
         obs = [Observation(r.run_id, "succeeded", summary_for(r)) for r in status.runs if r.state == "Running"]
         status = reconcile(SPEC, status, obs, now=100 + now, options=FAST).status
     assert retry.state == "Running"
+    assert retry.reserved.flops == retry.shape.flops_per_token() * retry.tokens  # the whole run: it may start over
     status = reconcile(SPEC, status, [Observation(retry.run_id, "failed", None)], now=130, options=FAST).status
     assert not [r for r in status.runs if r.planned_id == first.planned_id and r.attempt == 2]
     retry = next(r for r in status.runs if r.run_id == retry.run_id)

@@ -291,3 +291,24 @@ def test_a_replacement_pods_success_is_read_before_its_predecessors_failure() ->
     snap = Snapshot(pods={"r": [_pod(stopped, 1, "Failed"), _pod(done, 0, "Succeeded")]})
     seen = observe_run("r", snap)
     assert seen.state == "succeeded" and seen.summary.final_val_loss == 2.0
+
+
+def test_a_deleted_pods_failure_is_not_the_runs_while_its_job_goes_on() -> None:
+    """The deleted Pod's SIGTERM summary arrives while its replacement trains (the Job stays active: its failed
+    Pod is not the last one standing). The run is still running; only a Job that failed ends it, with that
+    summary (charged what it used)."""
+    stopped = RunSummary(run_id="r", status="failed", exit_reason="terminated by SIGTERM at step 8 of 33",
+                         flops=5.0).to_message()
+    deleted = _pod(stopped, 143, "Failed")
+    deleted["metadata"] = {"deletionTimestamp": "2026-11-29T03:00:00Z"}
+    replacement = {"status": {"phase": "Running", "containerStatuses": [{"name": "trainer", "state": {"running": {}}}]}}
+    active = {"status": {"active": 1}}
+    failed_job = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}}
+    assert observe_run("r", Snapshot(jobs={"r": active}, pods={"r": [deleted, replacement]})).state == "running"
+    assert observe_run("r", Snapshot(jobs={"r": active}, pods={"r": [deleted]})).state == "running"
+    ended = observe_run("r", Snapshot(jobs={"r": failed_job}, pods={"r": [deleted]}))
+    assert ended.state == "failed" and ended.summary is not None and ended.summary.flops == 5.0
+    gone = observe_run("r", Snapshot(config_maps={"r"}, pods={"r": [deleted]}))  # the Job deleted too: its report
+    assert gone.state == "failed" and gone.summary is not None
+    kept = _pod(stopped, 143, "Failed")  # not deleted: the kubelet stopped it (an eviction): the Job fails with it
+    assert observe_run("r", Snapshot(jobs={"r": active}, pods={"r": [kept]})).state == "failed"

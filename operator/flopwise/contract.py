@@ -277,6 +277,11 @@ class RunSpec(_Strict):
                     "saved at this step and continue on this run's own schedule and length. Refused unless the "
                     "parent's spec matches (all but run id, tokens, schedule, eval and checkpoint/leg fields) and "
                     "both schedules give the same learning rate at every step before this one")
+    resume_if_present: bool = Field(
+        default=False, alias="resumeIfPresent",
+        description="with ``resumeFrom`` alone: continue that folder's checkpoint when it has one, else start from "
+                    "scratch (a retry of a failed attempt, which may have died before its first checkpoint). "
+                    "Without it a missing checkpoint fails the run")
 
     @model_validator(mode="after")
     def _steps_inside_the_run(self) -> RunSpec:
@@ -302,6 +307,9 @@ class RunSpec(_Strict):
             if early:
                 raise ValueError(f"saveCheckpointsAt: step(s) {early} not after resumeStep ({self.resume_step}); "
                                  "a branch never trains them (take them from the parent run)")
+        if self.resume_if_present and (self.resume_from is None or self.resume_step is not None):
+            raise ValueError("resumeIfPresent needs resumeFrom without resumeStep: it continues an earlier attempt's "
+                             "latest checkpoint when there is one (a branch's parent checkpoint must exist)")
         return self
 
     @property

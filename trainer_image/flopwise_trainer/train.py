@@ -240,9 +240,21 @@ class Trainer:
         if kind == "branch":  # its curve is its own evaluations (the parent's used the parent's eval settings)
             self.history, self.best = [], None
             self.loss_sum, self.loss_count = 0.0, 0
+        if kind == "leg":
+            self._inherit_kept_checkpoints(path.parent)
         torch.set_rng_state(state["rng"]["torch"].cpu())
         if state["rng"]["cuda"] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def _inherit_kept_checkpoints(self, source: Path) -> None:
+        """A continuation keeps the named checkpoints its earlier leg saved before the step it resumes at (it never
+        trains those steps itself), so a branch of this run finds them in this run's folder."""
+        if not self.info.is_main:
+            return
+        for step in sorted(s for s in self.save_at if s <= self.step):
+            name = ckpt.step_checkpoint_name(step)
+            if (source / name).is_file() and not (self.out / name).is_file():
+                ckpt.copy_atomic(source / name, self.out / name)
 
     # ---------------------------------------------------------------- the loop
     def elapsed(self) -> float:

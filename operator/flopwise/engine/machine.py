@@ -219,15 +219,22 @@ class _Engine:
         record.reason = "cancelled: the campaign ended" + (" before it started" if seen == "absent" else "")
 
     def _retry(self, record: RunRecord) -> None:
+        """A new attempt under a new run id. It continues the failed attempt's latest checkpoint when that left one
+        (the trainer starts from scratch when it did not), so work done before a deletion, an OOM kill or a deadline
+        is not paid for twice: the failed attempt was charged what it reported, the retry is charged its own leg.
+        It reserves its whole run all the same (it may have to start over). A branch retries from its parent's
+        kept checkpoint, as planned: its own folder may hold nothing, and a branch cannot start from scratch."""
         if self._ended():
             return
         attempts = [r for r in self.status.runs if r.planned_id == record.planned_id]
         if len(attempts) > self.spec.tuning.max_retries:
             return
+        resume_from = record.resume_from if record.resume_step is not None else record.run_id
         again = record.model_copy(deep=True, update={
             "run_id": f"{record.planned_id}-a{len(attempts)}", "attempt": len(attempts), "state": "Pending",
             "reserved": Charge(), "spent": Charge(), "result": None, "reason": f"retry of {record.run_id}",
-            "launched_at": None, "finished_at": None})
+            "launched_at": None, "finished_at": None, "relaunches": 0, "seen_running": False,
+            "resume_from": resume_from})
         self.status.runs.append(again)
         self._event("RunRetried", f"{record.run_id} failed; retrying as {again.run_id}")
 

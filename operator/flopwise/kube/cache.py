@@ -54,7 +54,8 @@ def compact_pod(body: Mapping[str, Any]) -> dict[str, Any]:
             state = {"terminated": {"exitCode": terminated.get("exitCode"),
                                     "message": (terminated.get("message") or "")[:MESSAGE_LIMIT]}}
         statuses.append({"name": status.get("name"), "state": state})
-    return {"metadata": {"uid": get_path(body, "metadata", "uid"), "annotations": _annotations(body)},
+    return {"metadata": {"uid": get_path(body, "metadata", "uid"), "annotations": _annotations(body),
+                         "deletionTimestamp": get_path(body, "metadata", "deletionTimestamp")},
             "status": {"phase": get_path(body, "status", "phase"), "containerStatuses": statuses}}
 
 

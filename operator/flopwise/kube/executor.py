@@ -73,9 +73,15 @@ def observe_run(run_id: str, snapshot: Snapshot) -> Observation:
         terminated = terminated_of(pod)
         if completion_index(pod) > 0 and terminated is not None and terminated.get("exitCode") != 0:
             return Observation(run_id, "failed", None)  # a worker node died: the run's result is lost with it
-    # A deleted Pod's replacement (the Job controller makes one at once) can finish after the deleted one has
-    # failed, resuming its checkpoint: a Pod that exited 0 is read first, so its result is never lost behind its
-    # predecessor's failure (seen on a real node, tests/test_node_faults.py).
+    # A Pod deleted while it ran (by hand, the eviction API, a drain) stops with SIGTERM: it checkpoints and reports
+    # a failure. But the Job controller no longer counts it as active and has started a replacement at once, which
+    # resumes the run's checkpoint; that Pod's failure then never fails the Job (it is not the last one standing).
+    # So while the Job has not failed, a deleted Pod's failure is not the run's result: the run goes on in the
+    # replacement, which reports the whole run (seen on a real node, tests/test_node_faults.py). A Pod that exited
+    # 0 is read first, so a result is never lost behind another Pod's failure.
+    job = snapshot.jobs.get(run_id)
+    replaced = job is not None and not _condition(job, "Failed")
+    pods = [p for p in pods if not (replaced and _deleted(p) and (terminated_of(p) or {}).get("exitCode") != 0)]
     for pod in sorted(pods, key=lambda p: (terminated_of(p) or {}).get("exitCode") != 0):
         if completion_index(pod) > 0:
             continue
@@ -89,7 +95,6 @@ def observe_run(run_id: str, snapshot: Snapshot) -> Observation:
             return Observation(run_id, "failed", None, _container_reason(terminated, message))
         ok = terminated.get("exitCode") == 0 and summary.status == "succeeded"
         return Observation(run_id, "succeeded" if ok else "failed", summary)
-    job = snapshot.jobs.get(run_id)
     if job is None and run_id in snapshot.rejected:  # never ran: nothing consumed, the engine may retry it
         return Observation(run_id, "failed", RunSummary(run_id=run_id, status="failed",
                                                         exit_reason=snapshot.rejected[run_id][:512]))
@@ -98,13 +103,17 @@ def observe_run(run_id: str, snapshot: Snapshot) -> Observation:
             return Observation(run_id, "failed", None, _job_failure(job))
         if _condition(job, "Complete"):  # complete but its Pod is gone: the result cannot be read
             return Observation(run_id, "failed", None, "the Job completed but its Pod is gone")
-        for pod in snapshot.pods.get(run_id, []):
+        for pod in pods:
             if get_path(pod, "status", "phase") == "Failed":  # evicted or killed before a container status
                 return Observation(run_id, "failed", None, _pod_failure(pod))
         return Observation(run_id, "running")
     if run_id in snapshot.config_maps and run_id not in snapshot.forbidden:
         return Observation(run_id, "lost")
     return Observation(run_id, "absent")
+
+
+def _deleted(pod: dict[str, Any]) -> bool:
+    return bool(get_path(pod, "metadata", "deletionTimestamp"))
 
 
 def _container_reason(terminated: dict[str, Any], message: str) -> str:
