@@ -176,3 +176,126 @@ def check_finished(status: TrainingCampaignStatus, budget: float) -> None:
         if record.state == "Succeeded":
             assert record.result is not None and record.result.final_val_loss is not None
     assert len({r.run_id for r in status.runs}) == len(status.runs)
+
+
+NODE_NAME = "node-0"
+IMAGE_DIGEST = "sha256:" + "5e" * 32  # what the node says the trainer image resolved to
+
+
+def image_id(image: str) -> str:
+    """The imageID a container runtime reports for ``image`` (docker-pullable://repo@digest)."""
+    return f"docker-pullable://{image.rsplit(':', 1)[0]}@{IMAGE_DIGEST}"
+
+
+def _now_text() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class Kubelet(Node):
+    """Plays the node more closely than `Node`, for tests about GPU time: a Pod is bound to a node (the
+    scheduler's part: a bound Pod's deletion waits for its kubelet, as on a real cluster), started (phase Running,
+    status.startTime), and finished on a later step, so it holds its "GPUs" for real seconds; a Pod being deleted
+    (deadline, suspension, cancellation, the garbage collector) gets the trainer's SIGTERM report — checkpointed at
+    half its steps — and is then removed, as a kubelet does after the container exits. It remembers every Pod's
+    start and end: what the cluster really spent, to hold the ledger against. Timestamps have whole seconds (the
+    API's resolution); ``real_gpu_s`` uses the same ones."""
+
+    def __init__(self, core, batch, namespace: str):
+        super().__init__(core, batch, namespace)
+        self.started: dict[str, tuple[str, str]] = {}  # pod uid → (run id, startTime text)
+        self.campaign_of: dict[str, str] = {}  # pod uid → its campaign's name
+        self.ended: dict[str, str] = {}  # pod uid → finishedAt text
+        self.hold: set[str] = set()  # run ids whose Pods start but never finish by themselves
+
+    def step(self, *, skip: set[str] = frozenset()) -> int:
+        self.jobs()
+        finished = 0
+        for pod in self.core.list_namespaced_pod(self.namespace, label_selector=MANAGED).items:
+            run_id, uid = pod.metadata.annotations[RUN_ID], pod.metadata.uid
+            self.pods_per_run.setdefault(run_id, set()).add(uid)
+            if pod.metadata.deletion_timestamp is not None:  # the kubelet stops it, then confirms the deletion
+                if uid in self.started and uid not in self.ended:
+                    self.stop(pod)
+                else:
+                    self._remove(pod)
+            elif uid in self.done or run_id in skip:
+                continue
+            elif uid not in self.started:
+                self.start(pod)
+            elif run_id not in self.hold:
+                spec = self.run_spec(pod)
+                self.finish(pod, summary_for(spec).to_message())
+                finished += 1
+        return finished
+
+    def run_spec(self, pod) -> RunSpec:
+        volume = next(v for v in pod.spec.volumes if v.name == "run-spec")
+        cm = self.core.read_namespaced_config_map(volume.config_map.name, self.namespace)
+        return RunSpec.model_validate(json.loads(cm.data["spec.json"]))
+
+    def start(self, pod) -> None:
+        name = pod.metadata.name
+        self.core.create_namespaced_pod_binding(name, self.namespace, {
+            "apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": NODE_NAME}}, _preload_content=False)
+        now = _now_text()
+        self.core.patch_namespaced_pod_status(name, self.namespace, {"status": {
+            "phase": "Running", "startTime": now, "containerStatuses": [{
+                "name": "trainer", "image": pod.spec.containers[0].image,
+                "imageID": image_id(pod.spec.containers[0].image), "ready": True,
+                "restartCount": 0, "state": {"running": {"startedAt": now}}}]}})
+        self.started[pod.metadata.uid] = (pod.metadata.annotations[RUN_ID], now)
+        self.campaign_of[pod.metadata.uid] = pod.metadata.annotations.get("flopwise.dev/campaign-name", "")
+
+    def finish(self, pod, message: str, exit_code: int = 0) -> None:
+        start = self.started.get(pod.metadata.uid, (None, _now_text()))[1]
+        end = _now_text()
+        self.core.patch_namespaced_pod_status(pod.metadata.name, self.namespace, {"status": {
+            "phase": "Succeeded" if exit_code == 0 else "Failed", "startTime": start, "containerStatuses": [{
+                "name": "trainer", "image": pod.spec.containers[0].image,
+                "imageID": image_id(pod.spec.containers[0].image), "ready": False,
+                "restartCount": 0, "state": {"terminated": {
+                    "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error", "message": message,
+                    "startedAt": start, "finishedAt": end}}}]}})
+        self.ended[pod.metadata.uid] = end
+        self.done.add(pod.metadata.uid)
+
+    def stop(self, pod) -> None:
+        """SIGTERM: the trainer checkpoints at its next step boundary (here: half its steps), reports, exits 1."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            spec = self.run_spec(pod)
+        except ApiException:  # its ConfigMap went first (the campaign was deleted): a bare report
+            self.finish(pod, "terminated by SIGTERM", exit_code=143)
+            self._remove(pod)
+            return
+        full = summary_for(spec)
+        steps = max(1, full.steps // 2)
+        report = full.model_copy(update={
+            "status": "failed", "steps": steps, "tokens": steps * spec.tokens_per_step, "flops": full.flops / 2,
+            "final_val_loss": None, "best_val_loss": None, "curve": full.curve[:2],
+            "exit_reason": f"terminated by SIGTERM at step {steps} of {full.steps} (checkpointed: a rerun resumes "
+                           "from there)"})
+        self.finish(pod, report.to_message(), exit_code=1)
+        self._remove(pod)
+
+    def _remove(self, pod) -> None:
+        with contextlib.suppress(Exception):
+            self.core.delete_namespaced_pod(pod.metadata.name, self.namespace, grace_period_seconds=0)
+        self.done.add(pod.metadata.uid)
+
+    def real_gpu_s(self, run_id: str, gpus: int = 1, campaign: str | None = None) -> float:
+        """GPU-seconds the run's Pods held (a Pod still running counts until now)."""
+        total = 0.0
+        for uid, (run, start) in self.started.items():
+            if run == run_id and campaign in (None, self.campaign_of.get(uid)):
+                end = self.ended.get(uid, _now_text())
+                total += gpus * max(0.0, _epoch(end) - _epoch(start))
+        return total
+
+
+def _epoch(text: str) -> float:
+    import calendar
+
+    return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))

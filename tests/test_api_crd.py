@@ -70,10 +70,14 @@ def test_schema_states_bounds_defaults_and_columns() -> None:
     assert version["subresources"] == {"status": {}}
     assert crd["spec"]["names"]["shortNames"] == ["tc", "campaign"]
     assert "flopwise" in crd["spec"]["names"]["categories"]
-    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
-    assert columns == {"Phase": ".status.phase", "Budget-Used": ".status.ledger.usedPercent",
-                       "Target-Params": ".status.targetParams", "Predicted-Loss": ".status.predictedLoss",
-                       "Age": ".metadata.creationTimestamp"}
+    columns = {c["name"]: (c["jsonPath"], c["type"], c.get("priority", 0)) for c in version["additionalPrinterColumns"]}
+    assert columns == {  # display strings (status.display) beside the numbers, never raw floats
+        "Phase": (".status.phase", "string", 0), "Budget-Used": (".status.display.budgetUsed", "string", 0),
+        "Target-Params": (".status.display.targetParams", "string", 0),
+        "Predicted-Loss": (".status.display.predictedLoss", "string", 0),
+        "Runs": (".status.display.runs", "string", 1), "Spent": (".status.display.spent", "string", 1),
+        "Backtest-ARE": (".status.display.backtestAre", "string", 1),
+        "Age": (".metadata.creationTimestamp", "date", 0)}
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
     for field in ("phase", "conditions", "plan", "ledger", "law", "prediction", "runs", "runCounts",
                   "observedGeneration", "tuning", "recommendation"):

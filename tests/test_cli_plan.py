@@ -4,8 +4,10 @@ fix, exits non-zero, and never prints a traceback."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,32 @@ def test_examples_validate_and_plan() -> None:
     assert result.returncode == 0, result.stderr
     for text in ("target:", "ladder-c0-00", "round1-00", "round2-00", "total"):
         assert text in result.stdout
+
+
+def test_a_plan_never_shows_a_published_law_loss_as_the_campaigns() -> None:
+    """Chinchilla's loss is per SentencePiece token of MassiveText: for the byte-level quickstart it is no
+    prediction at all (12.1 nats per byte), so the plan says why there is none; for a campaign with Chinchilla's
+    vocabulary size it is shown as the prior's."""
+    def loss_line(doc: dict) -> str:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = flopwise("plan", write(Path(tmp), doc))
+        assert result.returncode == 0, result.stderr
+        return next(x for x in result.stdout.splitlines() if x.startswith("predicted loss:"))
+
+    for law in ("chinchilla-3", "epoch", "chinchilla-1"):  # with a loss law or an allocation rule alone
+        doc = quickstart()
+        doc["spec"]["law"] = law
+        line = loss_line(doc)
+        assert line.startswith("predicted loss: none until the campaign's own fit"), line
+        assert not re.search(r"\d+\.\d{3}", line), line
+        assert law == "chinchilla-1" or ("256" in line and "32,000" in line), line
+    assert json.loads(flopwise("plan", "--json", str(QUICKSTART)).stdout)["target"].get("predictedLoss") is None
+    doc = yaml.safe_load((ROOT / "examples" / "cluster-h100-50k.yaml").read_text())
+    doc["spec"]["model"]["vocabSize"] = 32000
+    line = loss_line(doc)
+    assert "under the chinchilla-3 prior" in line and "not this campaign's" in line
+    size = flopwise("size", "--flops", "1e21")
+    assert "per token of MassiveText, SentencePiece with a 32,000-token vocabulary" in size.stdout
 
 
 def test_plan_json_is_the_status_plan() -> None:

@@ -83,6 +83,20 @@ def test_approach2_recovers_the_optimum_from_isoflop_profiles() -> None:
     assert not one_sided.bracketed and "beyond the smallest" in one_sided.note
 
 
+def test_a_lopsided_profile_is_read_off_its_best_size_and_neighbours() -> None:
+    """A quickstart level as measured (2026-11-29, 3.44e11 FLOPs, byte-level code): the loss is lowest at the
+    second size, but rises so steeply towards the data-starved sizes that one parabola through all five puts
+    its vertex below the smallest. The best size and its neighbours bracket the minimum."""
+    sizes = [20088, 32928, 48840, 95568, 165368]
+    losses = [1.7283, 1.7206, 1.8000, 2.2300, 2.3814]
+    found = profile(3.44e11, sizes, losses, noise=0.01)
+    assert found.bracketed and sizes[0] < found.params_opt < sizes[2], found
+    assert "neighbours" in found.note
+    # the fallback needs a best size with a neighbour on each side: an edge minimum still brackets nothing
+    edge = profile(3.44e11, sizes, [1.70, *losses[1:]], noise=0.01)
+    assert not edge.bracketed and "beyond the smallest" in edge.note
+
+
 def test_approach2_from_interpolated_wsd_endpoints() -> None:
     truth = EPOCH
     params, tokens, fpt, losses = [], [], [], []

@@ -68,10 +68,16 @@ def test_invalid_campaigns_are_rejected_by_the_api_server_naming_the_field(crd, 
 
 
 def test_status_subresource_and_printer_columns(crd) -> None:
-    status = {"phase": "Ladder", "ledger": {"usedPercent": 12.5}, "targetParams": 482320, "predictedLoss": 1.93}
+    status = {"phase": "Ladder", "ledger": {"usedPercent": 12.5}, "targetParams": 482320, "predictedLoss": 1.93,
+              "display": {"budgetUsed": "12.5%", "targetParams": "482K", "predictedLoss": "1.930", "runs": "3/19",
+                          "spent": "$1,234", "backtestAre": "-"}}
     crd.kubectl("patch", "tc", "quickstart", "-n", "crd-test", "--subresource=status", "--type=merge",
                 "-p", json.dumps({"status": status}))
     table = crd.kubectl("get", "tc", "quickstart", "-n", "crd-test").stdout.splitlines()
     header, row = table[0].split(), table[1].split()
     assert header == ["NAME", "PHASE", "BUDGET-USED", "TARGET-PARAMS", "PREDICTED-LOSS", "AGE"]
-    assert row[:5] == ["quickstart", "Ladder", "12.5", "482320", "1.93"]
+    assert row[:5] == ["quickstart", "Ladder", "12.5%", "482K", "1.930"]
+    wide = crd.kubectl("get", "tc", "quickstart", "-n", "crd-test", "-o", "wide").stdout.splitlines()
+    assert wide[0].split() == ["NAME", "PHASE", "BUDGET-USED", "TARGET-PARAMS", "PREDICTED-LOSS", "RUNS", "SPENT",
+                               "BACKTEST-ARE", "AGE"]
+    assert wide[1].split()[:8] == ["quickstart", "Ladder", "12.5%", "482K", "1.930", "3/19", "$1,234", "-"]

@@ -21,7 +21,6 @@ from flopwise.api.status import RunRecord, TrainingCampaignStatus
 from flopwise.contract import CurvePoint, RunSummary
 from flopwise.engine import ledger
 from flopwise.engine.machine import EngineOptions, Observation, reconcile
-from flopwise.engine.runspec import run_spec_for
 from flopwise.fitting.fit import COARSE_GRID
 from flopwise.planning.laws import ScalingLaw
 
@@ -30,7 +29,9 @@ def priced_spec():
     """The tiny test campaign with a price: $1 per GPU-second and a dollar limit near the FLOP limit, so
     either can bind depending on the MFU the runs measure."""
     doc = yaml.safe_load((Path(__file__).parent / "data" / "tiny-campaign.yaml").read_text())
-    doc["spec"]["gpuPool"].update(peakFlops=1e11, expectedMfu=0.3, pricePerGpuHour=3600.0)
+    # no start-up slack or grace period: at $1 per GPU-second they would cost more than the runs
+    doc["spec"]["gpuPool"].update(peakFlops=1e11, expectedMfu=0.3, pricePerGpuHour=3600.0, startupSlackSeconds=0)
+    doc["spec"]["trainer"] = {"terminationGracePeriodSeconds": 0}
     doc["spec"]["budget"]["usd"] = 4.4  # 1.2e11 FLOPs at 3e10 FLOP/s is 4 GPU-seconds: $4.00
     return parse_campaign(doc).spec
 
@@ -207,11 +208,6 @@ def test_failed_runs_are_retried_within_the_limit_then_charged() -> None:
     assert failed.state == "Failed" and failed.spent.flops == failure.flops  # charged what it consumed
     retry = next(r for r in status.runs if r.planned_id == first.planned_id and r.attempt == 1)
     assert retry.run_id == f"{first.planned_id}-a1"
-    # it continues the failed attempt's latest checkpoint, if that attempt left one (else from scratch)
-    assert retry.resume_from == first.run_id and retry.resume_step is None and retry.start_step == 0
-    run = run_spec_for(retry, SPEC, status.plan, campaign="tiny", data_path="/d", output_dir=f"/o/{retry.run_id}")
-    assert run.resume_from == f"/o/{first.run_id}" and run.resume_if_present and run.resume_step is None
-    assert run.total_steps == retry.steps  # the whole run: its learning rate follows the whole schedule
     # the retry waits for a slot (other runs finish), then fails too: max_retries is 1, so no third attempt
     for now in range(2, 20):
         retry = next(r for r in status.runs if r.run_id == retry.run_id)
@@ -220,7 +216,6 @@ def test_failed_runs_are_retried_within_the_limit_then_charged() -> None:
         obs = [Observation(r.run_id, "succeeded", summary_for(r)) for r in status.runs if r.state == "Running"]
         status = reconcile(SPEC, status, obs, now=100 + now, options=FAST).status
     assert retry.state == "Running"
-    assert retry.reserved.flops == retry.shape.flops_per_token() * retry.tokens  # the whole run: it may start over
     status = reconcile(SPEC, status, [Observation(retry.run_id, "failed", None)], now=130, options=FAST).status
     assert not [r for r in status.runs if r.planned_id == first.planned_id and r.attempt == 2]
     retry = next(r for r in status.runs if r.run_id == retry.run_id)
@@ -232,14 +227,31 @@ def test_every_ladder_run_diverging_ends_failed_with_a_reason() -> None:
     for _ in range(50):
         now += 1
         obs = [Observation(r.run_id, "failed", summary_for(r, fraction=0.3, status="diverged"))
-               for r in (status.runs if status else []) if r.state == "Running"]
+               if r.role in ("ladder", "seed") else Observation(r.run_id, "succeeded", summary_for(r))
+               for r in (status.runs if status else []) if r.state == "Running"]  # tuning trains; the ladder not
         status = reconcile(SPEC, status, obs, now=now, options=FAST).status
         if status.phase in ("Succeeded", "Failed"):
             break
     assert status.phase == "Failed"
     assert "without a law" in status.message
+    assert {r.role for r in status.runs} >= {"round1", "round2", "ladder"}
     assert all(r.spent.flops > 0 for r in status.runs)
     assert status.ledger.reserved_flops == 0
+
+
+def test_every_round1_run_diverging_fails_the_campaign_before_the_ladder_spends() -> None:
+    status, now = None, 0.0
+    for _ in range(50):
+        now += 1
+        obs = [Observation(r.run_id, "failed", summary_for(r, fraction=0.3, status="diverged"))
+               for r in (status.runs if status else []) if r.state == "Running"]
+        status = reconcile(SPEC, status, obs, now=now, options=FAST).status
+        if status.phase in ("Succeeded", "Failed"):
+            break
+    assert status.phase == "Failed" and "every Round 1 run failed" in status.message
+    assert {r.role for r in status.runs} == {"round1"} and status.ledger.reserved_flops == 0
+    (condition,) = [c for c in status.conditions if c.type == "Failed"]
+    assert condition.reason == "Round1Failed"
 
 
 def test_invalid_budget_fails_before_any_launch() -> None:
@@ -307,3 +319,47 @@ def test_planned_sections_cannot_change_and_the_refusal_names_them() -> None:
                          options=FAST)
     (cleared,) = [c for c in reverted.status.conditions if c.type == "SpecChangeRefused"]
     assert cleared.status == "False"
+
+
+def test_a_fit_computed_elsewhere_changes_what_is_decided_only_in_when() -> None:
+    """With a fitter that answers "not yet" the first time a fit is asked (the operator's process pool), the ladder
+    goes on launching the runs that need no fit and waits for its final fit instead of failing or moving on without
+    it. Deferring the final fits only, the campaign ends with exactly the decisions of fits made inline; deferring
+    every fit, the intermediate refits (after each ladder run: progress and a re-plan, superseded by the next run)
+    may never land, and the law, the tuning and every run still come out the same."""
+    import dataclasses
+
+    from flopwise.engine.fits import run_fit
+
+    inline = drive_to_the_end(restart_every_step=False)
+    for defer_all in (False, True):
+        asked: set[str] = set()
+        waited_in_ladder = []
+
+        def later(request, asked=asked, defer_all=defer_all):
+            if request.key in asked or not (defer_all or request.resamples or request.extra):
+                return run_fit(request)
+            asked.add(request.key)
+            return None
+
+        options = dataclasses.replace(FAST, fitter=later)
+        status, now = None, 0.0
+        for _ in range(300):
+            now += 1
+            observations = [Observation(r.run_id, "succeeded", summary_for(r)) for r in
+                            (status.runs if status else []) if r.state == "Running"]
+            decision = reconcile(SPEC, status, observations, now=now, options=options)
+            if status is not None and status.phase == "Ladder" and decision.status.phase == "Ladder" and \
+                    not any(r.state == "Running" for r in decision.status.runs):
+                waited_in_ladder.append(now)  # every ladder run done, the final fit not back yet: it waits
+                assert not any(r.role == "final" for r in decision.status.runs)
+            status = decision.status
+            if status.phase in ("Succeeded", "Failed"):
+                break
+        assert status.phase == inline.phase == "Succeeded" and waited_in_ladder
+        assert status.law == inline.law and status.tuning.round1_best_lr == inline.tuning.round1_best_lr
+        assert [(r.run_id, r.state, r.result) for r in status.runs] == [(r.run_id, r.state, r.result)
+                                                                        for r in inline.runs]
+        assert status.ledger.spent_flops == inline.ledger.spent_flops
+        if not defer_all:
+            assert status.recommendation == inline.recommendation and status.plan == inline.plan

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from flopwise.api.load import parse_campaign
-from flopwise.api.status import Charge, RunRecord
+from flopwise.api.status import Charge, PodTime, RunRecord
 from flopwise.contract import RunSpec, RunSummary
-from flopwise.engine.machine import reconcile
+from flopwise.engine.machine import Observation, reconcile
 from flopwise.engine.runspec import run_spec_for
 from flopwise.kube import jobs
 from flopwise.kube.executor import Snapshot, observe_run
@@ -130,12 +130,37 @@ def test_command_override_is_exec_form() -> None:
     assert container["args"] == ["/etc/flopwise/spec.json"]
 
 
-@pytest.mark.parametrize(("gpu_hours", "gpus", "expected"), [(0.0, 1, 600), (1.0, 1, 7200), (8.0, 4, 14400)])
-def test_active_deadline_follows_the_reservation(gpu_hours, gpus, expected) -> None:
+@pytest.mark.parametrize(("gpu_hours", "gpus", "grace", "expected"),
+                         [(0.0, 1, 300, 1), (1.0, 1, 300, 3300), (8.0, 4, 0, 7200), (8.0, 4, 60, 7140)])
+def test_active_deadline_is_the_reservation_less_the_grace_period(gpu_hours, gpus, grace, expected) -> None:
+    """deadline + grace = the reservation's wall time on the run's GPUs: no Pod holds them longer than reserved."""
     doc = campaign_doc(gpusPerRun=gpus, maxConcurrentGpus=8)
+    doc["spec"]["trainer"] = {"terminationGracePeriodSeconds": grace}
     spec, _, record = first_launch(doc)
     record = record.model_copy(update={"reserved": Charge(flops=1.0, gpu_hours=gpu_hours)})
     assert jobs.active_deadline_seconds(record, spec) == expected
+    job = jobs.run_job("tiny", UID, "ns", record, spec)
+    assert job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == grace
+
+
+def test_the_reservation_is_the_worst_case_the_job_allows() -> None:
+    """The engine reserves compute at the expected MFU + start-up slack + grace; the Job's deadline gives back
+    exactly the compute and the slack, and a preempted run's next deadline is only what is left."""
+    doc = campaign_doc(startupSlackSeconds=300)
+    doc["spec"]["trainer"] = {"terminationGracePeriodSeconds": 30}
+    spec, _, record = first_launch(doc)
+    compute_s = record.planned_flops() / (spec.gpu_pool.peak * spec.gpu_pool.expected_mfu)
+    assert record.reserved.gpu_hours * 3600 == pytest.approx(compute_s + 300 + 30)
+    assert jobs.active_deadline_seconds(record, spec) == int(compute_s + 300)
+    used = record.model_copy(update={"pods": [PodTime(uid="a", gpus=1, started_at=100.0, finished_at=160.0)]})
+    assert jobs.active_deadline_seconds(used, spec) == int(compute_s + 300 - 60)
+    # a Pod still stopping counts until now plus its grace period (its worst case)
+    stopping = record.model_copy(update={"pods": [PodTime(uid="a", gpus=1, started_at=100.0)]})
+    assert jobs.active_deadline_seconds(stopping, spec, now=190.0) == int(compute_s + 300 - 90 - 30)
+    # re-admitted: the Job's clock restarted at 500, so only the Pods of earlier admissions count
+    readmitted = record.model_copy(update={"pods": [PodTime(uid="a", gpus=1, started_at=100.0, finished_at=160.0),
+                                                    PodTime(uid="b", gpus=1, started_at=510.0)]})
+    assert jobs.active_deadline_seconds(readmitted, spec, now=600.0, since=500.0) == int(compute_s + 300 - 60)
 
 
 def _pod(message: str | None, exit_code: int = 0, phase: str = "Succeeded") -> dict:
@@ -186,6 +211,108 @@ def test_a_failure_without_summary_says_what_the_kubelet_or_job_controller_said(
     evicted = {"status": {"phase": "Failed", "reason": "Evicted", "message": "The node was low on memory."}}
     seen = observe_run("r", Snapshot(jobs={"r": {"status": {"active": 1}}}, pods={"r": [evicted]}))
     assert seen.reason == "Pod Evicted: The node was low on memory."
+
+
+SIGTERM = RunSummary(run_id="r", status="failed", steps=40, tokens=4000, flops=1e9,
+                     exit_reason="terminated by SIGTERM at step 40 of 100 (checkpointed)").to_message()
+
+
+def _started(message: str | None = None, *, exit_code: int = 1, deleting: bool = False, uid: str = "p1",
+             start: str = "2026-01-01T00:00:00Z", end: str = "2026-01-01T00:10:00Z") -> dict:
+    """A Pod as a Kubernetes ≥ 1.22 server shows it: started, running or terminated, maybe being deleted."""
+    state = {"running": {"startedAt": start}} if message is None else {"terminated": {
+        "exitCode": exit_code, "message": message, "startedAt": start, "finishedAt": end}}
+    meta: dict = {"uid": uid}
+    if deleting:
+        meta["deletionTimestamp"] = end
+    phase = "Running" if message is None else ("Succeeded" if exit_code == 0 else "Failed")
+    return {"metadata": meta, "status": {"phase": phase, "startTime": start,
+                                         "containerStatuses": [{"name": "trainer", "state": state}]}}
+
+
+def test_observations_of_suspension_deadlines_and_pod_time() -> None:
+    """Manifests as a Kubernetes ≥ 1.22 server (with Kueue) returns them, for what the 1.20 test server cannot show:
+    a suspended Job is queued whatever its stopped Pod reported; a Pod being deleted decides nothing; a Job failed
+    at its deadline is a cut run with the report its stopped Pod left; every started Pod's GPU time comes along."""
+    suspended = {"spec": {"suspend": True}, "status": {}}
+    by_condition = {"status": {"conditions": [{"type": "Suspended", "status": "True"}]}}
+    active = {"status": {"active": 1}}
+    cut = {"metadata": {"uid": "j1"}, "status": {"conditions": [
+        {"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]}}
+    preempted = _started(SIGTERM, deleting=True)
+    for job in (suspended, by_condition):  # Kueue: preempted, or never admitted
+        seen = observe_run("r", Snapshot(jobs={"r": job}, pods={"r": [preempted]}), gpus_per_pod=8)
+        assert seen.state == "queued" and seen.summary is None
+        (pod,) = seen.pods
+        assert (pod.gpus, pod.finished_at - pod.started_at) == (8, 600.0)
+        assert observe_run("r", Snapshot(jobs={"r": job})).state == "queued"
+    # re-admitted: the stopped Pod is being deleted, the new one runs
+    seen = observe_run("r", Snapshot(jobs={"r": active}, pods={"r": [preempted, _started(uid="p2")]}), now=1.8e9)
+    assert seen.state == "running" and [p.finished_at is None for p in seen.pods] == [False, True]
+    seen = observe_run("r", Snapshot(jobs={"r": cut}, pods={"r": [preempted]}))
+    assert seen.state == "failed" and seen.cut == "DeadlineExceeded" and seen.summary.steps == 40
+    # a Pod deleted past its deletionTimestamp for long (its node is gone) holds no GPU since then
+    stuck = _started(deleting=True)
+    (pod,) = observe_run("r", Snapshot(jobs={"r": active}, pods={"r": [stuck]}), now=1.8e9).pods
+    assert pod.finished_at == pod.started_at + 600.0
+    # an evicted Pod that had started: its time counts until it was seen failed
+    evicted = {"metadata": {"uid": "p3"}, "status": {"phase": "Failed", "startTime": "2026-01-01T00:00:00Z"}}
+    seen = observe_run("r", Snapshot(jobs={"r": active}, pods={"r": [evicted]}), now=1767225700.0)
+    assert seen.state == "failed" and seen.pods[0].finished_at == 1767225700.0
+    assert observe_run("r", Snapshot(jobs={"r": active}, pods={"r": [{"status": {"phase": "Pending"}}]})).pods == ()
+
+
+class _RecordingBatch:
+    """The Job calls the executor makes, recorded (what it asks the API server for is the subject here)."""
+
+    def __init__(self, job: dict | None) -> None:
+        self.job, self.calls = job, []
+
+    def read_namespaced_job(self, name, namespace):
+        from kubernetes.client.exceptions import ApiException
+
+        self.calls.append(("read", name))
+        if self.job is None:
+            raise ApiException(status=404)
+        return self.job
+
+    def patch_namespaced_job(self, name, namespace, body):
+        self.calls.append(("patch", name, body))
+
+    def delete_namespaced_job(self, name, namespace, propagation_policy=None):
+        self.calls.append(("delete", name, propagation_policy))
+
+    class api_client:
+        @staticmethod
+        def sanitize_for_serialization(obj):
+            return obj
+
+
+def test_suspension_patches_where_the_server_can_and_deletes_where_it_cannot() -> None:
+    from flopwise.kube.executor import KubernetesExecutor
+
+    spec, _, record = first_launch(campaign_doc())
+    for server_suspends, queue, expected in ((True, None, "patch"), (False, None, "delete"),
+                                             (True, "research", "delete")):
+        pool = spec.gpu_pool.model_copy(update={"queue_name": queue})
+        batch = _RecordingBatch({"spec": {"suspend": False}})
+        executor = KubernetesExecutor(None, batch, namespace="ns", campaign="tiny", uid=UID,
+                                      spec=spec.model_copy(update={"gpu_pool": pool}))
+        executor.suspend(record.run_id, server_suspends=server_suspends)
+        (call,) = batch.calls
+        assert call[0] == expected, (server_suspends, queue, call)
+        if expected == "patch":
+            assert call[2] == {"spec": {"suspend": True}}
+        else:
+            assert call[2] == "Background"  # its Pods get SIGTERM and their grace period
+    # resuming a Job the operator suspended: unsuspended, with what is left of its reservation as its deadline
+    batch = _RecordingBatch({"spec": {"suspend": True}, "status": {}})
+    executor = KubernetesExecutor(None, batch, namespace="ns", campaign="tiny", uid=UID, spec=spec)
+    used = record.model_copy(update={"pods": [PodTime(uid="a", gpus=1, started_at=0.0, finished_at=60.0)]})
+    executor.resume(used, None)
+    patch = batch.calls[-1][2]["spec"]
+    assert patch["suspend"] is False
+    assert patch["activeDeadlineSeconds"] == jobs.active_deadline_seconds(record, spec) - 60
 
 
 def test_record_fields_survive_into_the_manifest() -> None:
@@ -288,7 +415,9 @@ def test_a_replacement_pods_success_is_read_before_its_predecessors_failure() ->
     reports its SIGTERM failure, the new one may resume the checkpoint and succeed: that result must count."""
     stopped = RunSummary(run_id="r", status="failed", exit_reason="terminated by SIGTERM at step 8 of 33").to_message()
     done = RunSummary(run_id="r", status="succeeded", final_val_loss=2.0, tokens=10).to_message()
-    snap = Snapshot(pods={"r": [_pod(stopped, 1, "Failed"), _pod(done, 0, "Succeeded")]})
+    deleted = _pod(stopped, 1, "Failed")
+    deleted["metadata"] = {"deletionTimestamp": "2026-11-29T03:00:00Z"}
+    snap = Snapshot(pods={"r": [deleted, _pod(done, 0, "Succeeded")]})
     seen = observe_run("r", snap)
     assert seen.state == "succeeded" and seen.summary.final_val_loss == 2.0
 
@@ -308,7 +437,130 @@ def test_a_deleted_pods_failure_is_not_the_runs_while_its_job_goes_on() -> None:
     assert observe_run("r", Snapshot(jobs={"r": active}, pods={"r": [deleted]})).state == "running"
     ended = observe_run("r", Snapshot(jobs={"r": failed_job}, pods={"r": [deleted]}))
     assert ended.state == "failed" and ended.summary is not None and ended.summary.flops == 5.0
-    gone = observe_run("r", Snapshot(config_maps={"r"}, pods={"r": [deleted]}))  # the Job deleted too: its report
-    assert gone.state == "failed" and gone.summary is not None
+    gone = observe_run("r", Snapshot(config_maps={"r"}, pods={"r": [deleted]}))  # the Job deleted too: relaunched
+    assert gone.state == "lost"
     kept = _pod(stopped, 143, "Failed")  # not deleted: the kubelet stopped it (an eviction): the Job fails with it
     assert observe_run("r", Snapshot(jobs={"r": active}, pods={"r": [kept]})).state == "failed"
+
+
+# ---------------------------------------------------------------------------------------------- GPU-ready Pods
+def _gpu_doc(**trainer) -> dict:
+    doc = campaign_doc(gpuType="H100", peakFlops=None, gpusPerRun=8, gpusPerNode=8)
+    doc["spec"]["trainer"] = trainer
+    return doc
+
+
+def test_a_gpu_pod_has_shared_memory_requests_per_gpu_and_keeps_its_checkpointing_time() -> None:
+    spec, _, record = first_launch(_gpu_doc(terminationGracePeriodSeconds=900))
+    pod = jobs.run_job("big", UID, "research", record, spec)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert {v["name"]: v for v in pod["volumes"]}["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "64Gi"}
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert container["resources"] == {"limits": {"nvidia.com/gpu": "8"}, "requests": {"cpu": "64", "memory": "512Gi"}}
+    assert pod["terminationGracePeriodSeconds"] == 900
+    assert pod["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+    # explicit values win; a limit alone is the request (no default above it)
+    spec, _, record = first_launch(_gpu_doc(shmSize="2Gi", cpuPerGpu="500m", resources={"limits": {"memory": "1Ti"}}))
+    pod = jobs.run_job("big", UID, "research", record, spec)["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in pod["volumes"]}["dshm"]["emptyDir"]["sizeLimit"] == "2Gi"
+    assert pod["containers"][0]["resources"] == {"limits": {"memory": "1Ti", "nvidia.com/gpu": "8"},
+                                                 "requests": {"cpu": "4000m"}}
+    # a CPU pool: a modest /dev/shm, no GPU defaults
+    spec, _, record = first_launch(campaign_doc())
+    pod = jobs.run_job("tiny", UID, "research", record, spec)["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in pod["volumes"]}["dshm"]["emptyDir"]["sizeLimit"] == "1Gi"
+    assert "resources" not in pod["containers"][0]
+    with pytest.raises(Exception, match=r"trainer\.memoryPerGpu"):
+        first_launch(_gpu_doc(memoryPerGpu="lots"))
+
+
+def test_the_pod_template_overlay_merges_and_never_weakens_the_restricted_context() -> None:
+    from flopwise.api.load import CampaignError
+    from flopwise.api.podtemplate import merge
+    from pod_security import restricted_violations
+
+    overlay = {"metadata": {"annotations": {"example.com/a": "b"}, "labels": {"team": "x"}},
+               "spec": {"priorityClassName": "high", "imagePullSecrets": [{"name": "reg"}],
+                        "tolerations": [{"key": "spot", "operator": "Exists"}],
+                        "containers": [{"name": "trainer", "env": [{"name": "NCCL_DEBUG", "value": "INFO"},
+                                                                    {"name": "HOME", "value": "/scratch"}],
+                                        "securityContext": {"runAsUser": 20000}},
+                                       {"name": "log-shipper", "image": "example/shipper:1"}],
+                        "volumes": [{"name": "scratch", "emptyDir": {}}]}}
+    spec, _, record = first_launch(_gpu_doc(podTemplate=overlay))
+    template = jobs.run_job("big", UID, "research", record, spec)["spec"]["template"]
+    pod, meta = template["spec"], template["metadata"]
+    trainer, shipper = pod["containers"]
+    assert pod["priorityClassName"] == "high" and pod["imagePullSecrets"] == [{"name": "reg"}]
+    assert {"key": "spot", "operator": "Exists"} in pod["tolerations"]
+    env = {e["name"]: e.get("value") for e in trainer["env"]}
+    assert env["NCCL_DEBUG"] == "INFO" and env["HOME"] == "/scratch" and env["FLOPWISE_RUN_ID"] == record.run_id
+    assert trainer["securityContext"]["runAsUser"] == 20000 and trainer["command"][0] == "torchrun"
+    assert shipper["securityContext"]["allowPrivilegeEscalation"] is False  # a sidecar made restricted too
+    assert meta["annotations"]["example.com/a"] == "b" and meta["labels"]["team"] == "x"
+    assert meta["labels"]["flopwise.dev/run"] == record.run_id
+    assert restricted_violations(template) == []
+    # anything that would loosen it is refused, naming the field
+    for bad, field in (({"spec": {"hostNetwork": True}}, "spec.hostNetwork"),
+                       ({"spec": {"containers": [{"name": "trainer", "securityContext": {"privileged": True}}]}},
+                        "spec.containers[0].securityContext.privileged"),
+                       ({"spec": {"securityContext": {"runAsNonRoot": False}}}, "spec.securityContext.runAsNonRoot"),
+                       ({"spec": {"volumes": [{"name": "h", "hostPath": {"path": "/"}}]}}, "spec.volumes[0]"),
+                       ({"spec": {"containers": [{"name": "trainer", "securityContext": {
+                           "capabilities": {"add": ["SYS_ADMIN"]}}}]}}, "capabilities.add"),
+                       ({"spec": {"restartPolicy": "Always"}}, "spec.restartPolicy"),
+                       ({"spec": {"containers": [{"name": "trainer", "image": "evil"}]}}, "image")):
+        with pytest.raises(CampaignError, match=rf"spec\.trainer\.podTemplate\.(\S*\.)?{re.escape(field)}:"):
+            parse_campaign(_gpu_doc(podTemplate=bad))
+    # and merging alone (an overlay that got past validation) imposes the restricted settings again
+    weakened = merge(template, {"spec": {"hostPID": True, "securityContext": {"runAsNonRoot": False},
+                                         "volumes": [{"name": "root", "hostPath": {"path": "/"}}],
+                                         "containers": [{"name": "trainer", "securityContext": {
+                                             "privileged": True, "allowPrivilegeEscalation": True,
+                                             "capabilities": {"add": ["SYS_ADMIN"]}}}]}})
+    assert restricted_violations(weakened) == []
+
+
+def test_campaign_labels_reach_its_jobs_and_pods_but_not_over_flopwise_keys() -> None:
+    spec, _, record = first_launch(campaign_doc())
+    labels = {"team": "nlp", "cost-centre": "42", "app.kubernetes.io/name": "x", "flopwise.dev/run": "y",
+              "kueue.x-k8s.io/queue-name": "z"}
+    job = jobs.run_job("tiny", UID, "research", record, spec, campaign_labels=labels)
+    for meta in (job["metadata"], job["spec"]["template"]["metadata"]):
+        assert meta["labels"]["team"] == "nlp" and meta["labels"]["cost-centre"] == "42"
+        assert meta["labels"]["app.kubernetes.io/name"] == "flopwise-trainer"
+        assert meta["labels"]["flopwise.dev/run"] == record.run_id
+        assert "kueue.x-k8s.io/queue-name" not in meta["labels"]
+
+
+def test_multi_node_job_names_fit_indexed_pod_names_and_pod_failure_policy_follows_the_server() -> None:
+    spec, _, record = first_launch(campaign_doc(gpuType="H100", peakFlops=None, gpusPerRun=16, gpusPerNode=8))
+    long = "campaign-with-a-rather-long-descriptive-name"  # 44 characters
+    job = jobs.run_job(long, UID, "research", record, spec)
+    assert len(job["metadata"]["name"]) <= 52 and DNS.match(job["metadata"]["name"])
+    assert jobs.rendezvous_service(long, UID, "research", record, spec)["spec"]["selector"] == {
+        "job-name": job["metadata"]["name"]}
+    single, _, record1 = first_launch(campaign_doc())
+    assert len(jobs.run_job("c" * 63, UID, "r", record1, single)["metadata"]["name"]) == 63  # single-node: 63
+    assert "podFailurePolicy" not in job["spec"]  # no server said it has one
+    assert "podFailurePolicy" not in jobs.run_job(long, UID, "r", record, spec, server=(1, 25))["spec"]
+    policy = jobs.run_job(long, UID, "r", record, spec, server=(1, 26))["spec"]["podFailurePolicy"]
+    assert policy["rules"][0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    assert policy["rules"][1]["action"] == "FailJob"
+    assert policy["rules"][1]["onExitCodes"] == {"containerName": "trainer", "operator": "In", "values": [1, 2]}
+
+
+def test_the_image_digest_a_pod_reports_is_recorded_on_its_run() -> None:
+    from flopwise.kube.executor import image_digest
+
+    digest = "sha256:" + "ab" * 32
+    for reported in (f"docker-pullable://ghcr.io/flopwise/trainer@{digest}", f"ghcr.io/x@{digest}", digest):
+        pod = {"status": {"containerStatuses": [{"name": "trainer", "imageID": reported}]}}
+        assert image_digest(pod) == digest
+    assert image_digest({"status": {"containerStatuses": [{"name": "trainer", "imageID": ""}]}}) is None
+    spec, _, _ = first_launch(campaign_doc())
+    status = reconcile(spec, None, [], now=1000.0, seed=1).status
+    assert all(r.image == spec.trainer.image for r in status.runs if r.state == "Running")
+    seen = [Observation(r.run_id, "running", image_digest=digest) for r in status.runs if r.state == "Running"]
+    status = reconcile(spec, status, seen, now=1001.0, seed=1).status
+    assert all(r.image_digest == digest for r in status.runs if r.state == "Running")

@@ -3,12 +3,20 @@ a whole tiny campaign with its report, a SIGKILL mid-campaign and a resume, and 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import pty
+import re
+import select
+import shlex
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -59,11 +67,19 @@ def assert_ledger_balances(status: TrainingCampaignStatus) -> None:
     assert status.ledger.spent_flops <= status.plan.budget_flops
 
 
-def test_tiny_campaign_end_to_end_with_report(tmp_path: Path, shards: Path) -> None:
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, shards: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """The tiny campaign run once from start to end (not on a terminal: plain lines): the reference result."""
+    tmp_path = tmp_path_factory.mktemp("uninterrupted")
     path = campaign_file(tmp_path, shards)
     state = tmp_path / "state"
-    result = flopwise("run", str(path), "--state-dir", str(state), cwd=tmp_path)
+    return state, flopwise("run", str(path), "--state-dir", str(state), cwd=tmp_path)
+
+
+def test_tiny_campaign_end_to_end_with_report(uninterrupted) -> None:
+    state, result = uninterrupted
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "\x1b[" not in result.stdout and "╭" not in result.stdout  # not a terminal: plain lines, no drawing
     status = load_status(state)
     assert status.phase == "Succeeded"
     assert {r.role for r in status.runs} >= {"ladder", "round1", "round2"}
@@ -97,6 +113,35 @@ def test_tiny_campaign_end_to_end_with_report(tmp_path: Path, shards: Path) -> N
     assert f"Verdict: **{transfer.verdict}**" in text and f"{100 * floor.floor_are:.2f}% ARE from 3 seeds" in text
     png = state / "report" / "lr_transfer.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "lr_transfer.png" in text
+
+
+def test_wsd_ladder_branches_cooldowns_from_its_trunks_checkpoints(tmp_path: Path, shards: Path) -> None:
+    """The WSD design with real trainer processes: each trunk keeps checkpoints in its stable phase, each shorter
+    token count is a cooldown branched from one (the trainer checks the schedules agree up to the branch), is
+    charged only its cooldown, and ends on an annealed point the law is fitted to."""
+    path = campaign_file(tmp_path, shards, ladder={"design": "wsd", "sizes": 5, "spread": 4, "minParams": 2000,
+                                                   "minSteps": 16, "tokenMultiples": [0.5, 1, 2], "seeds": 2},
+                         tuning={**yaml.safe_load(TINY.read_text())["spec"]["tuning"], "schedule": "wsd"},
+                         budget={"flops": 1.2e11, "split": {"ladder": 0.5, "round1": 0.25, "round2": 0.2,
+                                                            "final": 0.0}, "margin": 0.05})
+    state = tmp_path / "state"
+    result = flopwise("run", str(path), "--state-dir", str(state), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    status = load_status(state)
+    assert status.phase == "Succeeded", status.message
+    branches = [r for r in status.runs if r.role == "ladder" and r.resume_step]
+    assert len(branches) == 10  # 5 sizes × 2 shorter token counts
+    for branch in branches:
+        trunk = next(r for r in status.runs if r.run_id == branch.resume_from)
+        assert branch.state == trunk.state == "Succeeded", (branch.run_id, branch.reason)
+        assert (state / "runs" / trunk.run_id / "out" / f"checkpoint-step-{branch.resume_step:08d}.pt").is_file()
+        # it trained (and was charged) its cooldown only, and ended where its own schedule ends
+        assert branch.result.steps == branch.steps - branch.resume_step
+        assert branch.spent.flops == pytest.approx(branch.shape.flops_per_token() * branch.tokens, rel=1e-6)
+        assert branch.result.curve[-1].tokens == branch.trajectory_tokens
+    assert status.law is not None and status.law.n_points == sum(
+        1 for r in status.runs if r.role in ("ladder", "seed") and r.state == "Succeeded")
+    assert_ledger_balances(status)
 
 
 def test_sigkill_mid_campaign_then_resume(tmp_path: Path, shards: Path) -> None:
@@ -144,6 +189,122 @@ def test_sigkill_mid_campaign_then_resume(tmp_path: Path, shards: Path) -> None:
     assert_ledger_balances(status)
 
 
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
+RUN_ROW = re.compile(  # a row of the live display's run table, as a person reads it
+    r"(?P<run>(?:ladder|seed|round1|round2)-[-a-z0-9.]+)\s+\w+\s+[\d.]+[KMB]? \d+×\d+\s+"
+    r"(?P<step>\d[\d,]*)/(?P<steps>\d[\d,]*)\s+\S+\s+(?P<speed>\d[\d,]*)\s+"
+    r"(?P<eta>\d+s|\d+m \d\ds|\d+h \d\dm)\s+(?P<loss>\d+\.\d{4}|-)")
+
+
+class Terminal:
+    """`flopwise run` on a pseudo-terminal, as a person runs it: what it draws, and Ctrl-C typed at it."""
+
+    def __init__(self, argv: list[str], cwd: Path):
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: a session whose controlling terminal is the pty, 120 × 40
+            os.chdir(cwd)
+            os.environ.update(TERM="xterm-256color", COLUMNS="120", LINES="40")
+            os.execv(sys.executable, [sys.executable, *argv])
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        self.pid, self.fd, self.raw = pid, fd, b""
+
+    @property
+    def text(self) -> str:
+        return ANSI.sub("", self.raw.decode(errors="replace"))
+
+    def read(self, timeout: float) -> bool:
+        """Read what arrives within ``timeout``; False at the end of the output."""
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if ready:
+            try:
+                data = os.read(self.fd, 1 << 16)
+            except OSError:  # EIO: the child closed the terminal
+                return False
+            self.raw += data
+            return bool(data)
+        return True
+
+    def wait_for(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            frame = self.text.split("╭")[-1]  # the latest frame, searched once drawn whole (its bottom edge)
+            match = pattern.search(frame) if "╯" in frame else None
+            if match:
+                return match
+            if not self.read(0.5):
+                break
+        raise AssertionError(f"never drawn: {pattern.pattern}\n{self.text[-4000:]}")
+
+    def finish(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.read(0.5):
+            pass
+        _, status = os.waitpid(self.pid, 0)
+        os.close(self.fd)
+        return os.waitstatus_to_exitcode(status)
+
+
+def test_live_display_then_ctrl_c_then_resume_ends_with_the_same_result(tmp_path: Path, shards: Path,
+                                                                         uninterrupted) -> None:
+    """On a terminal `flopwise run` draws the running runs with their step, speed and ETA; Ctrl-C stops them
+    cleanly (SIGTERM: each checkpoints) and prints the command that resumes; that command finishes the campaign
+    with the result of a campaign never interrupted: every run's losses, the law and the recommendation."""
+    path = campaign_file(tmp_path, shards)
+    state = tmp_path / "state"
+    term = Terminal(["-m", "flopwise", "run", str(path), "--state-dir", str(state)], tmp_path)
+    try:
+        row = term.wait_for(RUN_ROW, timeout=300)
+        frame = term.text.split("╭")[-1]
+        assert 0 < int(row["step"].replace(",", "")) <= int(row["steps"].replace(",", ""))
+        assert re.search(r"phase\s+(Round1|Round2|Ladder)", frame), frame
+        for text in ("budget", "% used", "spent", "reserved", "left", "runs", "campaign ETA", "predicted loss",
+                     "Ctrl-C stops the runs"):
+            assert text in frame, frame
+        os.write(term.fd, b"\x03")  # Ctrl-C
+        code = term.finish(timeout=180)
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(term.pid, signal.SIGKILL)
+            os.waitpid(term.pid, 0)
+    out = term.text
+    assert code == 130, out[-3000:]
+    stopped = re.search(r"stopped and checkpointed: (.+)", out)
+    assert stopped, out[-3000:]
+    stopped_ids = [x.strip() for x in stopped[1].split(",")]
+    assert row["run"] in stopped_ids
+    command = re.search(r"continue it with:\n\s+(.+)", out)
+    assert command and "--resume" in command[1] and str(state) in command[1], out[-2000:]
+    interrupted = load_status(state)
+    for run_id in stopped_ids:  # still the campaign's, untouched by the ledger: a resume continues them
+        record = next(r for r in interrupted.runs if r.run_id == run_id)
+        assert record.state == "Running" and record.result is None
+        assert (state / "runs" / run_id / "out" / "checkpoint.pt").exists() or run_id != row["run"]
+
+    argv = shlex.split(command[1])
+    assert argv[:3] == [sys.executable, "-m", "flopwise"]
+    resumed = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    status = load_status(state)
+    assert status.phase == "Succeeded"
+    assert_ledger_balances(status)
+    seen = json.loads((state / "runs" / row["run"] / "out" / "result.json").read_text())
+    assert seen["resumedFrom"] and seen["resumedFrom"][0] >= int(row["step"].replace(",", ""))  # not from scratch
+    for record in status.runs:
+        launches = (state / "runs" / record.run_id / "launches.log").read_text().splitlines()
+        assert len(launches) == (2 if record.run_id in stopped_ids else 1), (record.run_id, launches)
+        assert record.run_id not in stopped_ids or launches[1].endswith("resumed after Ctrl-C")
+
+    reference = load_status(uninterrupted[0])
+    assert uninterrupted[1].returncode == 0
+    assert [r.run_id for r in status.runs] == [r.run_id for r in reference.runs]
+    for ours, theirs in zip(status.runs, reference.runs, strict=True):  # bit-identical training
+        assert ours.result.final_val_loss == theirs.result.final_val_loss, ours.run_id
+        assert ours.result.tokens == theirs.result.tokens and ours.spent.flops == theirs.spent.flops
+    assert status.law.model_dump() == reference.law.model_dump()
+    timing = {"gpu_hours", "usd"}  # follow the measured MFU: wall time differs between any two campaigns
+    assert status.recommendation.model_dump(exclude=timing) == reference.recommendation.model_dump(exclude=timing)
+
+
 def test_starting_twice_without_resume_is_refused(tmp_path: Path, shards: Path) -> None:
     path = campaign_file(tmp_path, shards)
     state = tmp_path / "state"
@@ -166,14 +327,17 @@ def local(tmp_path: Path, shards: Path, env: dict[str, str] | None = None) -> Lo
 
 
 def test_diverging_runs_are_charged_and_the_campaign_fails_with_a_reason(tmp_path: Path, shards: Path) -> None:
-    """Every trainer's loss turns NaN at step 5 (the trainer's debug hook): each run exits non-zero with a
-    'diverged' summary, is charged the FLOPs it consumed, and the ladder cannot be fitted."""
+    """Every trainer's loss turns NaN at step 5 (the trainer's debug hook): each Round 1 run exits non-zero with a
+    'diverged' summary and is charged the FLOPs it consumed; with no learning rate that trains, the campaign fails
+    after Round 1 and launches nothing else (the ladder would diverge too, and spend its share for nothing)."""
     campaign = local(tmp_path, shards, env={"FLOPWISE_DEBUG_NAN_AT_STEP": "5"})
     status = campaign.run(None)
-    assert status.phase == "Failed" and "too few" in status.message
-    ladder_runs = [r for r in status.runs if r.role == "ladder"]
-    assert len(ladder_runs) == 5  # diverged runs are not retried: the same LR would diverge again
-    for record in ladder_runs:
+    assert status.phase == "Failed" and "every Round 1 run failed" in status.message, status.message
+    assert "baseLearningRate" in status.message
+    assert {r.role for r in status.runs} == {"round1"}
+    sweep = status.runs
+    assert len(sweep) == len({r.planned_id for r in sweep})  # diverged runs are not retried: it would diverge again
+    for record in sweep:
         assert record.state == "Failed" and record.reason.startswith("diverged")
         assert record.result is not None and record.result.status == "diverged"
         per_step = record.shape.flops_per_token() * record.batch_size * record.shape.seq_len

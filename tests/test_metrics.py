@@ -140,7 +140,7 @@ def test_a_finished_campaign_is_exposed_with_the_values_of_its_status(history) -
     assert value("flopwise_budget_spent_dollars", **c) == ledger.spent_usd > 0
     assert value("flopwise_budget_forecast_dollars", **c) == ledger.forecast_usd
     assert math.isclose(value("flopwise_budget_used_ratio", **c), ledger.used_percent / 100)
-    for state in ("pending", "running", "succeeded", "failed", "lost"):
+    for state in ("pending", "running", "queued", "suspended", "succeeded", "failed", "lost"):
         assert value("flopwise_runs", state=state, **c) == getattr(final.run_counts, state)
     assert value("flopwise_runs", state="succeeded", **c) == len(final.runs) > 5
     assert value("flopwise_runs_planned", **c) == final.run_counts.planned

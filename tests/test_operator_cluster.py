@@ -20,6 +20,7 @@ import time
 import pytest
 import yaml
 
+from flopwise.api.status import TrainingCampaignStatus
 from flopwise.contract import RunSpec
 from operator_harness import MANAGED, RUN_ID, Node, campaign, check_finished, drive, status_of, tiny_campaign
 
@@ -62,7 +63,7 @@ def test_multi_node_runs_wait_with_a_condition_on_a_server_without_indexed_jobs(
                 if j["metadata"]["labels"].get("flopwise.dev/campaign") == "multi-node"]
     crd.kubectl("patch", "tc", "multi-node", "-n", ns, "--type=merge", "-p",
                 json.dumps({"spec": {"gpuPool": {"gpusPerRun": 8}}}))
-    body = crd.wait_for(lambda: (b := campaign(crd, ns, "multi-node")).get("status", {}).get("phase") == "Ladder"
+    body = crd.wait_for(lambda: (b := campaign(crd, ns, "multi-node")).get("status", {}).get("phase") == "Round1"
                         and b, timeout=30, what="the campaign going on once its runs fit one node")
     (condition,) = [c for c in body["status"]["conditions"] if c["type"] == "MultiNodeUnavailable"]
     assert condition["status"] == "False"
@@ -71,7 +72,9 @@ def test_multi_node_runs_wait_with_a_condition_on_a_server_without_indexed_jobs(
 
 def test_jobs_the_api_server_refuses_fail_their_runs_and_the_campaign_ends(crd, operator) -> None:
     """A trainer resource the schema cannot check ("lots" of memory) makes every Job invalid: each run fails
-    with the API server's reason (charged nothing, retried once) and the campaign fails instead of hanging."""
+    with the API server's reason (charged nothing) and the campaign fails instead of hanging. Round 1 comes first
+    and its runs are not retried (a failed LR point is an answer), so the campaign fails once every Round 1 run
+    has, naming the API server's reason, before any other run is tried."""
     cp, ns = crd, operator.namespace
     doc = tiny_campaign("refused", ns)
     doc["spec"]["trainer"] = {"resources": {"limits": {"memory": "lots"}}}
@@ -80,7 +83,8 @@ def test_jobs_the_api_server_refuses_fail_their_runs_and_the_campaign_ends(crd, 
                          what="the campaign Failed")
     assert status.ledger.spent_flops == 0 and status.ledger.reserved_flops == 0
     assert all(r.state == "Failed" and "Job rejected by the API server" in r.reason for r in status.runs)
-    assert any(r.attempt == 1 for r in status.runs)  # the engine retried
+    assert {r.role for r in status.runs} == {"round1"} and not any(r.attempt for r in status.runs)
+    assert "every Round 1 run failed" in status.message and "Job rejected by the API server" in status.message
     assert not cp.kubectl_json("get", "jobs", "-n", ns)["items"]
     events = cp.kubectl_json("get", "events", "-n", ns, "--field-selector", "involvedObject.name=refused")["items"]
     assert any(e["reason"] == "LaunchRejected" and "memory" in e["message"] for e in events)
@@ -147,6 +151,14 @@ def test_campaign_launches_jobs_then_runs_to_success(crd, operator, apis) -> Non
     TIMINGS["apply_to_succeeded_s"] = time.monotonic() - t0
     check_finished(status, doc["spec"]["budget"]["flops"])
     assert status.run_counts.succeeded == len(status.runs)
+    # metav1 conditions: kubectl waits on them as on a Job's (kubectl 1.27 against this 1.20 server)
+    waited = cp.kubectl("wait", "--for=condition=Complete", "tc/tiny", "-n", ns, "--timeout=60s")
+    assert "condition met" in waited.stdout, waited.stdout
+    (complete,) = [c for c in status.conditions if c.type == "Complete"]
+    assert complete.status == "True" and complete.reason == "Recommended" and complete.observed_generation == 1
+    assert all(c.reason and c.last_transition_time for c in status.conditions)
+    not_failed = cp.kubectl("wait", "--for=condition=Failed", "tc/tiny", "-n", ns, "--timeout=2s", check=False)
+    assert not_failed.returncode != 0
     # one Job and one Pod per run, never two
     assert all(len(uids) == 1 for uids in node.job_uids_per_run.values()), node.job_uids_per_run
     assert all(len(uids) == 1 for uids in node.pods_per_run.values()), node.pods_per_run
@@ -291,7 +303,7 @@ def test_budget_lowered_below_spending_is_refused_and_raising_it_continues(crd, 
                        timeout=30, what="the model edit observed")
     (frozen,) = [c for c in body["status"]["conditions"] if c["type"] == "SpecChangeRefused"]
     assert frozen["status"] == "True" and "spec.model" in frozen["message"], frozen
-    assert all(r["shape"]["seqLen"] == 32 for r in body["status"]["runs"])
+    assert all(r.shape.seq_len == 32 for r in TrainingCampaignStatus.model_validate(body["status"]).runs)
     cp.kubectl("patch", "trainingcampaign", "budget", "-n", ns, "--type=merge",
                "-p", json.dumps({"spec": {"model": {"seqLen": 32}}}))
     cp.wait_for(lambda: [c for c in campaign(cp, ns, "budget")["status"]["conditions"]

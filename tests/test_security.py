@@ -38,8 +38,13 @@ EXTRAS = {
     "override": {"trainer": {"command": ["python", "-m", "my_trainer"], "args": ["--fast"],
                              "resources": {"limits": {"memory": "4Gi"}}},
                  "dataset": {"path": "tokens", "claimName": "shards"}},
-    "scheduled": {"gpuPool": {"nodeSelector": {"pool": "a100"}, "queueName": "research",
+    "scheduled": {"gpuPool": {"nodeSelector": {"pool": "a100"}, "queueName": "research", "priorityClass": "low",
                               "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}},
+    "overlay": {"trainer": {"podTemplate": {"metadata": {"annotations": {"example.com/a": "b"}},
+                                            "spec": {"priorityClassName": "high", "containers": [{
+                                                "name": "trainer", "env": [{"name": "X", "value": "1"}],
+                                                "securityContext": {"runAsUser": 20000}}],
+                                                     "volumes": [{"name": "scratch", "emptyDir": {}}]}}}},
 }
 
 
@@ -146,11 +151,20 @@ UNUSED_BY_DESIGN = {
     "when a Job's blockOwnerDeletion owner reference is set (not enabled on this test server)",
     ("flopwise.dev", "trainingcampaigns", "get"): "a campaign is read again after a 409 conflict (test_faults_cluster"
     "'s other writer)",
-    ("batch", "jobs", "delete"): "cancelling a run (executor.cancel) when a campaign ends with runs in flight",
+    ("batch", "jobs", "delete"): "cancelling a run (executor.cancel) when a campaign ends with runs in flight, and "
+    "suspending one where the server has no Job suspension (test_spend_cluster)",
+    ("batch", "jobs", "get"): "reading a Job before resuming it or lowering its deadline (test_spend_cluster: "
+    "spec.suspend, Kueue preemption)",
+    ("batch", "jobs", "patch"): "suspending or resuming a Job (spec.suspend, Kubernetes 1.22+) and lowering a "
+    "preempted Job's deadline (test_spend_cluster)",
     ("", "configmaps", "list"): "listed only when a run's Job is missing, to tell lost (its ConfigMap exists) from "
     "never launched (the chaos and Job-deleted tests)",
     ("", "services", "create"): "rendezvous Services of multi-node runs, which need Indexed Jobs (Kubernetes 1.22+; "
     "this server is 1.20)",
+    ("", "services", "delete"): "spec.cleanup of a multi-node run (Kubernetes 1.22+)",
+    ("", "configmaps", "delete"): "spec.cleanup of a finished run (test_cleanup_cluster)",
+    ("", "configmaps", "update"): "replacing a ConfigMap an earlier attempt at the run left behind "
+                                  "(test_operator_queue.py)",
     ("events.k8s.io", "events", "create"): "events.k8s.io/v1: newer clients post events there",
 }
 

@@ -68,6 +68,12 @@ def test_a_500_run_status_stays_far_below_etcds_limit() -> None:
     engine_runs = len(status.runs)
     real = len(json.dumps(status_document(status), separators=(",", ":")).encode())
     assert engine_runs >= 100, engine_runs  # a real wide campaign, not a toy
+    # The stored form leaves run fields at their defaults out: it must read back as exactly the same status, and
+    # keep each run's state for readers of the raw object (is_active).
+    stored = json.loads(json.dumps(status_document(status)))
+    assert TrainingCampaignStatus.model_validate(stored) == status
+    assert all("state" in r for r in stored["runs"]) and "attempt" not in stored["runs"][0]
+    assert status.plan.all_runs() and "startStep" not in stored["plan"]["ladder"]["runs"][0]
 
     finished = [r for r in status.runs if r.result is not None]
     longest = RunRecord.model_fields["reason"].metadata[0].max_length
@@ -95,3 +101,40 @@ def test_a_500_run_status_stays_far_below_etcds_limit() -> None:
     # managedFields: the status gets at most half of the limit, and even at its worst must fit.
     assert typical < ETCD_LIMIT / 2, f"{typical} bytes for {RUNS} runs"
     assert worst < ETCD_LIMIT, f"{worst} bytes for {RUNS} runs with the longest reasons: etcd refuses the write"
+
+
+def test_a_record_is_stored_only_where_it_differs_from_its_planned_run() -> None:
+    """A new campaign's first status: its Pending records say nothing the plan does not (they are stored without
+    shape, sizes, LR or plannedId); records that differ keep exactly what differs, and everything reads back equal."""
+    doc = yaml.safe_load((Path(__file__).parent / "data" / "tiny-campaign.yaml").read_text())
+    doc["metadata"] = {"name": "first"}
+    spec = parse_campaign(doc).spec
+    status = reconcile(spec, None, [], now=1000.0, seed=1,
+                       options=EngineOptions(bootstrap_resamples=8, fit_grid=COARSE_GRID)).status
+    stored = json.loads(json.dumps(status_document(status)))
+    assert TrainingCampaignStatus.model_validate(stored) == status
+    pending = [r for r in stored["runs"] if r["state"] == "Pending"]
+    assert pending and not any({"shape", "params", "learningRate", "plannedId"} & set(r) for r in pending)
+
+    first = status.runs[0]
+    ladder = next(run for run in status.plan.ladder.runs if run.level is not None)
+    planned_round1 = next(run for run in status.plan.round1.runs if run.run_id == first.planned_id)
+    assert planned_round1.warmup_fraction and planned_round1.warmup_fraction > 0
+    variants = [
+        first.model_copy(update={"run_id": f"{first.run_id}-a1", "attempt": 1}),  # a retry: its plannedId stays
+        first.model_copy(update={"run_id": "lr", "learning_rate": first.learning_rate * 2}),  # only its LR stays
+        first.model_copy(update={"run_id": "warm", "warmup_fraction": 0.0}),  # its default, where the plan sets one
+        first.model_copy(update={"run_id": "wide", "shape": ladder.shape, "params": ladder.params}),  # kept whole
+        first.model_copy(update={"run_id": "nolevel", "planned_id": ladder.run_id, "role": "ladder",
+                                 "shape": ladder.shape, "params": ladder.params, "tokens": ladder.tokens,
+                                 "batch_size": ladder.batch_size, "steps": ladder.steps, "level": None}),
+    ]
+    mixed = status.model_copy(update={"runs": [*status.runs, *variants]})
+    document = json.loads(json.dumps(status_document(mixed)))
+    assert TrainingCampaignStatus.model_validate(document) == mixed
+    stored = {r["runId"]: r for r in document["runs"]}
+    assert stored[f"{first.run_id}-a1"]["plannedId"] == first.planned_id and "shape" not in stored[f"{first.run_id}-a1"]
+    assert "shape" not in stored["lr"] and stored["lr"]["learningRate"] == first.learning_rate * 2
+    assert "shape" not in stored["warm"] and stored["warm"]["warmupFraction"] == 0.0
+    assert stored["wide"]["shape"]["dModel"] == ladder.shape.d_model and "tokens" in stored["wide"]
+    assert "shape" in stored["nolevel"]  # a null level cannot be written: the record stays whole

@@ -175,8 +175,6 @@ def test_killed_branch_resumes_its_own_checkpoint_not_the_parents(data: Path, tm
     ({"resumeStep": 0, "resumeFrom": "/x"}, "greater than or equal to 1"),
     ({"resumeStep": 60, "resumeFrom": "/x"}, "must be before the run's last step (60)"),
     ({"resumeStep": 20, "resumeFrom": "/x", "saveCheckpointsAt": [20, 30]}, "[20] not after resumeStep (20)"),
-    ({"resumeIfPresent": True}, "resumeIfPresent needs resumeFrom without resumeStep"),
-    ({"resumeIfPresent": True, "resumeFrom": "/x", "resumeStep": 20}, "resumeIfPresent needs resumeFrom without"),
 ])
 def test_named_checkpoint_and_branch_fields_are_validated(tmp_path: Path, change: dict, message: str) -> None:
     with pytest.raises(pydantic.ValidationError) as err:

@@ -1,10 +1,8 @@
 """A final run in two legs (partial target check): the first stops at ~30% on the whole run's schedule, the
-second continues its checkpoint; together they train exactly the uninterrupted run, each reporting its own part.
-The engine's retry of a failed run is such a continuation of the failed attempt (``resumeIfPresent``)."""
+second continues its checkpoint; together they train exactly the uninterrupted run, each reporting its own part."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -12,12 +10,11 @@ import torch
 
 from flopwise.api.load import load_campaign
 from flopwise.api.status import RunRecord
-from flopwise.contract import RunSpec, step_checkpoint_name
+from flopwise.contract import RunSpec
 from flopwise.data import prepare_stdlib
 from flopwise.engine.runspec import run_spec_for, sibling_output
 from flopwise.planning.plan import plan_campaign
-from flopwise_trainer import train
-from flopwise_trainer.train import Trainer, execute
+from flopwise_trainer.train import execute
 
 torch.set_num_threads(1)
 STEPS = 60
@@ -63,47 +60,6 @@ def test_a_continuation_without_the_earlier_legs_checkpoint_fails_instead_of_tra
     summary = execute(spec(data, tmp_path / "final-00", "final-00", resumeFrom=str(tmp_path / "nowhere")))
     assert summary.status == "failed" and "no checkpoint of the earlier leg" in summary.exit_reason
     assert summary.flops == 0
-
-
-def sigterm_after(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
-    """The stop flag SIGTERM sets (pod deletion, eviction, a deadline), raised once ``step`` is trained."""
-    advance = Trainer.advance
-
-    def advance_then_stop(self: Trainer, at: int) -> float:
-        loss = advance(self, at)
-        if self.step == step:
-            train._stop.requested = True
-        return loss
-
-    monkeypatch.setattr(Trainer, "advance", advance_then_stop)
-
-
-def test_a_retry_continues_its_failed_attempts_checkpoint_and_keeps_its_kept_checkpoints(
-        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    whole = execute(spec(data, tmp_path / "whole", "ladder-00", saveCheckpointsAt=[10]))
-    with monkeypatch.context() as m:
-        sigterm_after(m, 23)
-        failed = execute(spec(data, tmp_path / "ladder-00", "ladder-00", saveCheckpointsAt=[10]))
-    assert failed.status == "failed" and "SIGTERM at step 23" in failed.exit_reason
-    retry = execute(spec(data, tmp_path / "ladder-00-a1", "ladder-00-a1", saveCheckpointsAt=[10],
-                         resumeFrom=str(tmp_path / "ladder-00"), resumeIfPresent=True))
-    assert retry.status == "succeeded", retry.exit_reason
-    assert retry.steps == STEPS - 23 and failed.steps == 23  # each charged its own part
-    assert failed.flops + retry.flops == pytest.approx(whole.flops)
-    assert retry.final_val_loss == pytest.approx(whole.final_val_loss, rel=1e-4)  # the same trajectory
-    assert json.loads((tmp_path / "ladder-00-a1" / "result.json").read_text())["resumedFrom"] == [23]
-    # a branch of the run finds the checkpoint the failed attempt kept at step 10 in the retry's own folder
-    kept = tmp_path / "ladder-00-a1" / step_checkpoint_name(10)
-    assert kept.is_file() and kept.read_bytes() == (tmp_path / "ladder-00" / step_checkpoint_name(10)).read_bytes()
-
-
-def test_a_retry_of_an_attempt_that_left_no_checkpoint_starts_from_scratch(data: Path, tmp_path: Path) -> None:
-    (tmp_path / "ladder-00").mkdir()  # an attempt OOM-killed as it started: its folder holds nothing
-    retry = execute(spec(data, tmp_path / "ladder-00-a1", "ladder-00-a1", resumeFrom=str(tmp_path / "ladder-00"),
-                         resumeIfPresent=True))
-    assert retry.status == "succeeded", retry.exit_reason
-    assert retry.steps == STEPS
-    assert json.loads((tmp_path / "ladder-00-a1" / "result.json").read_text())["resumedFrom"] == []
 
 
 def test_run_spec_of_a_leg_carries_the_whole_schedule_and_the_sibling_folder() -> None:

@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from flopwise.contract import TERMINATION_MESSAGE_LIMIT, RunSpec, RunSummary, ScheduleSpec, lr_at
+from flopwise.contract import (
+    PROGRESS_FILE,
+    TERMINATION_MESSAGE_LIMIT,
+    RunProgress,
+    RunSpec,
+    RunSummary,
+    ScheduleSpec,
+    lr_at,
+)
 from flopwise.data import prepare_stdlib
 from flopwise_trainer.train import eval_steps, execute
 
@@ -66,6 +74,12 @@ def test_tiny_model_learns_and_reports_everything(data: Path, tmp_path: Path) ->
     assert message == (tmp_path / "run" / "summary.json").read_text()
     assert RunSummary.from_message(message).final_val_loss == pytest.approx(last.val_loss)
     assert (tmp_path / "run" / "best.pt").is_file() and (tmp_path / "run" / "checkpoint.pt").is_file()
+    # what `flopwise run` shows while it trains: the last progress.json says where it ended, and how fast it went
+    progress = RunProgress.read(str(tmp_path / "run" / PROGRESS_FILE))
+    assert progress is not None and progress.run_id == "tiny" and progress.step == progress.stop_step == 120
+    assert progress.tokens == summary.tokens and progress.val_loss == pytest.approx(last.val_loss)
+    assert progress.steps_per_s > 0 and progress.tokens_per_s == pytest.approx(progress.steps_per_s * 512)
+    assert progress.remaining_s == 0 and abs(progress.updated_at - time.time()) < 60
 
 
 def test_eval_steps_are_log_spaced_plus_periodic() -> None:

@@ -277,11 +277,6 @@ class RunSpec(_Strict):
                     "saved at this step and continue on this run's own schedule and length. Refused unless the "
                     "parent's spec matches (all but run id, tokens, schedule, eval and checkpoint/leg fields) and "
                     "both schedules give the same learning rate at every step before this one")
-    resume_if_present: bool = Field(
-        default=False, alias="resumeIfPresent",
-        description="with ``resumeFrom`` alone: continue that folder's checkpoint when it has one, else start from "
-                    "scratch (a retry of a failed attempt, which may have died before its first checkpoint). "
-                    "Without it a missing checkpoint fails the run")
 
     @model_validator(mode="after")
     def _steps_inside_the_run(self) -> RunSpec:
@@ -307,9 +302,6 @@ class RunSpec(_Strict):
             if early:
                 raise ValueError(f"saveCheckpointsAt: step(s) {early} not after resumeStep ({self.resume_step}); "
                                  "a branch never trains them (take them from the parent run)")
-        if self.resume_if_present and (self.resume_from is None or self.resume_step is not None):
-            raise ValueError("resumeIfPresent needs resumeFrom without resumeStep: it continues an earlier attempt's "
-                             "latest checkpoint when there is one (a branch's parent checkpoint must exist)")
         return self
 
     @property
@@ -400,3 +392,54 @@ def downsample(points: list[CurvePoint], keep: int) -> list[CurvePoint]:
         return [points[-1]]
     idx = sorted({round(i * (len(points) - 1) / (keep - 1)) for i in range(keep)})
     return [points[i] for i in idx]
+
+
+# --------------------------------------------------------------------------------------------------
+# Run progress: what a running trainer says about itself, for people watching
+# --------------------------------------------------------------------------------------------------
+
+PROGRESS_FILE = "progress.json"
+"""In the run's output folder, rewritten atomically (temp file + rename) about once a second while it trains."""
+PROGRESS_INTERVAL_S = 1.0
+
+
+class RunProgress(_Strict):
+    """How far a running trainer is: read by `flopwise run` for its live display, never by the engine (the
+    engine decides from results only, so a stale or missing progress file changes no decision)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)  # a newer trainer's extra fields are fine
+
+    run_id: str = Field(alias="runId")
+    step: int = Field(ge=0, description="optimiser steps done, on the run's whole schedule")
+    stop_step: int = Field(ge=1, alias="stopStep", description="the step this leg ends at")
+    start_step: int = Field(default=0, ge=0, alias="startStep", description="the step this process started at")
+    tokens: int = Field(default=0, ge=0)
+    steps_per_s: float = Field(default=0.0, ge=0, alias="stepsPerS",
+                               description="wall-clock rate of this process since its first step")
+    tokens_per_s: float = Field(default=0.0, ge=0, alias="tokensPerS")
+    train_loss: float | None = Field(default=None, alias="trainLoss")
+    val_loss: float | None = Field(default=None, alias="valLoss", description="latest evaluation")
+    updated_at: float = Field(default=0.0, alias="updatedAt", description="seconds since the epoch")
+
+    @property
+    def remaining_s(self) -> float | None:
+        """Seconds to the end of this leg at the measured rate (None before a rate exists)."""
+        if self.steps_per_s <= 0:
+            return None
+        return max(0, self.stop_step - self.step) / self.steps_per_s
+
+    def to_json(self) -> str:
+        data = self.model_dump(by_alias=True, exclude_none=True)
+        for key in ("trainLoss", "valLoss"):  # JSON has no NaN: a diverging loss is reported as absent
+            if key in data and not math.isfinite(data[key]):
+                del data[key]
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def read(cls, path: str) -> RunProgress | None:
+        """The progress file at ``path``, or None when absent or unreadable (it is advisory)."""
+        try:
+            with open(path) as handle:
+                return cls.model_validate_json(handle.read(4096))
+        except (OSError, ValueError):
+            return None

@@ -9,7 +9,6 @@ same state kept at the steps a spec's ``saveCheckpointsAt`` lists, for branches 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,7 @@ from flopwise.contract import step_checkpoint_name
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
-__all__ = ["BEST", "CHECKPOINT", "copy_atomic", "load", "resolve_model_checkpoint", "save_atomic",
-           "step_checkpoint_name"]
+__all__ = ["BEST", "CHECKPOINT", "load", "resolve_model_checkpoint", "save_atomic", "step_checkpoint_name"]
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
@@ -31,20 +29,6 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def copy_atomic(source: str | Path, path: str | Path) -> None:
-    """``source`` at ``path``, all or nothing: a hard link when both are on one filesystem (checkpoints are never
-    written in place, only replaced), else a copy."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
     os.replace(tmp, path)
 
 

@@ -3,8 +3,7 @@
 A checkpoint may be continued only by a run that would have reached exactly that state on its own:
 
 * ``own``: a restarted run resumes its rolling ``checkpoint.pt`` (same spec, where it stops aside);
-* ``leg``: ``resume_from`` alone continues an earlier leg of the same run (same spec but the run id), or an
-  earlier attempt's latest checkpoint (a retry; with ``resume_if_present`` a fresh start when it left none);
+* ``leg``: ``resume_from`` alone continues an earlier leg of the same run (same spec but the run id);
 * ``branch``: ``resume_from`` + ``resume_step`` starts from the parent's ``checkpoint-step-{step:08d}.pt``
   (Hägele et al. 2024: cooldowns branched off a warmup-stable trunk). The parent may differ only in run id,
   tokens, schedule and evaluation, and both schedules must give the same learning rate at every optimiser step
@@ -23,7 +22,7 @@ from flopwise_trainer.checkpoint import CHECKPOINT
 Kind = Literal["own", "leg", "branch"]
 
 NOT_TRAJECTORY = {"output_dir", "device", "compile", "peak_flops", "micro_batch_size", "campaign", "role",
-                  "stop_at_step", "resume_from", "resume_step", "resume_if_present", "save_checkpoints_at"}
+                  "stop_at_step", "resume_from", "resume_step", "save_checkpoints_at"}
 """RunSpec fields that do not change a run's trajectory (where it runs, where it stops, what it keeps)."""
 BRANCH_MAY_DIFFER = {"run_id", "tokens", "schedule", "eval"}
 """What a branch may change from its parent; the schedules are then compared step by step up to the branch point."""
@@ -39,8 +38,7 @@ def spec_fingerprint(spec: RunSpec, *, any_leg: bool = False, branch: bool = Fal
 
 def resume_source(spec: RunSpec, output_dir: Path) -> tuple[Path, Kind] | None:
     """The checkpoint this run starts from, or None for a fresh start. Raises ``FileNotFoundError`` when the
-    spec asks to continue another run's checkpoint that does not exist: never train from scratch instead, unless
-    ``resume_if_present`` says a fresh start is the same run (a retry of an attempt that died before it saved)."""
+    spec asks to continue another run's checkpoint that does not exist: never train from scratch instead."""
     own = output_dir / CHECKPOINT
     if own.is_file():
         return own, "own"
@@ -53,8 +51,6 @@ def resume_source(spec: RunSpec, output_dir: Path) -> tuple[Path, Kind] | None:
                                     "exist (was the step in the parent's saveCheckpointsAt?); cannot branch")
         return path, "branch"
     path = Path(spec.resume_from) / CHECKPOINT
-    if not path.is_file() and spec.resume_if_present:
-        return None
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint of the earlier leg at {path}: cannot continue the run")
     return path, "leg"

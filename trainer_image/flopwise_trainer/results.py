@@ -7,13 +7,14 @@ to ``/dev/termination-log`` when that file is writable (it is in a Kubernetes co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sys
 from pathlib import Path
 
-from flopwise.contract import RunSummary
+from flopwise.contract import PROGRESS_FILE, RunProgress, RunSummary
 
 TERMINATION_ENV = "FLOPWISE_TERMINATION_LOG"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
@@ -67,3 +68,10 @@ def write_results(summary: RunSummary, output_dir: str | Path | None, details: d
         except OSError as e:
             print(f"flopwise-train: cannot write termination message to {path}: {e}", file=sys.stderr)
     return message
+
+
+def write_progress(progress: RunProgress, output_dir: str | Path) -> None:
+    """Rewrite ``progress.json`` atomically (readers see the old or the new file, never a torn one). It is
+    advisory: a failure to write it never stops the run."""
+    with contextlib.suppress(OSError):
+        _atomic_write(Path(output_dir) / PROGRESS_FILE, progress.to_json())

@@ -23,7 +23,18 @@ from pathlib import Path
 
 import torch
 
-from flopwise.contract import CurvePoint, EvalSpec, ModelShape, MupSpec, RunSpec, RunStatus, RunSummary, lr_at
+from flopwise.contract import (
+    PROGRESS_INTERVAL_S,
+    CurvePoint,
+    EvalSpec,
+    ModelShape,
+    MupSpec,
+    RunProgress,
+    RunSpec,
+    RunStatus,
+    RunSummary,
+    lr_at,
+)
 from flopwise_trainer import checkpoint as ckpt
 from flopwise_trainer import distributed, lineage
 from flopwise_trainer.data import Batches
@@ -32,7 +43,7 @@ from flopwise_trainer.hardware import device_name, peak_flops
 from flopwise_trainer.lora import apply_lora, lora_param_count, lora_parameters
 from flopwise_trainer.model import Transformer, count_params
 from flopwise_trainer.param_groups import build_param_groups
-from flopwise_trainer.results import write_results
+from flopwise_trainer.results import write_progress, write_results
 
 NAN_ENV = "FLOPWISE_DEBUG_NAN_AT_STEP"
 """Debug hook for tests and drills: poison the training loss of this (1-based) step with NaN."""
@@ -137,6 +148,10 @@ class Trainer:
         self.nan_step = int(os.environ.get(NAN_ENV, "0") or 0)
         self.inherited_steps, self.inherited_flops = 0, 0.0  # what an earlier leg of the run trained
         self._resume()
+        # Progress for people watching (progress.json): this process's rate, measured from its first step.
+        self.start_step = self.step
+        self.rate_origin: tuple[int, float] | None = None
+        self.progress_written = 0.0
 
     # ---------------------------------------------------------------- construction
     def _build_model(self) -> Transformer:
@@ -240,21 +255,9 @@ class Trainer:
         if kind == "branch":  # its curve is its own evaluations (the parent's used the parent's eval settings)
             self.history, self.best = [], None
             self.loss_sum, self.loss_count = 0.0, 0
-        if kind == "leg":
-            self._inherit_kept_checkpoints(path.parent)
         torch.set_rng_state(state["rng"]["torch"].cpu())
         if state["rng"]["cuda"] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-
-    def _inherit_kept_checkpoints(self, source: Path) -> None:
-        """A continuation keeps the named checkpoints its earlier leg saved before the step it resumes at (it never
-        trains those steps itself), so a branch of this run finds them in this run's folder."""
-        if not self.info.is_main:
-            return
-        for step in sorted(s for s in self.save_at if s <= self.step):
-            name = ckpt.step_checkpoint_name(step)
-            if (source / name).is_file() and not (self.out / name).is_file():
-                ckpt.copy_atomic(source / name, self.out / name)
 
     # ---------------------------------------------------------------- the loop
     def elapsed(self) -> float:
@@ -268,6 +271,7 @@ class Trainer:
         return self.train_fpt * self.tokens + self.ff_flops
 
     def run(self) -> None:
+        self.report_progress(force=True)
         for step in range(self.step, self.stop_step):
             if _stop.requested:  # SIGTERM (pod deletion, eviction, cancellation): keep the work, report, exit
                 self.save_checkpoint()
@@ -276,6 +280,7 @@ class Trainer:
             self.advance(step)
             if self.step in self.eval_at:
                 self.evaluate()
+            self.report_progress()
             # Checkpoint every `checkpoint_every_steps`, else at each evaluation; always at the end.
             every = self.spec.eval.checkpoint_every_steps
             due = self.step % every == 0 if every else self.step in self.eval_at
@@ -283,6 +288,25 @@ class Trainer:
                 self.save_checkpoint()
             if self.step in self.save_at:
                 self.save_checkpoint(ckpt.step_checkpoint_name(self.step))
+
+    def report_progress(self, *, force: bool = False) -> None:
+        """Rewrite progress.json at most once per PROGRESS_INTERVAL_S (and at evaluations): one small atomic
+        write, negligible next to a step."""
+        now = time.perf_counter()
+        if self.rate_origin is None and self.step > self.start_step:
+            self.rate_origin = (self.step, now)  # the first step includes warm-up costs: the rate starts after it
+        evaluated = bool(self.history) and self.history[-1].step == self.step
+        if not self.info.is_main or not (force or evaluated or now - self.progress_written >= PROGRESS_INTERVAL_S):
+            return
+        self.progress_written = now
+        origin_step, origin_time = self.rate_origin or (self.step, now)
+        rate = (self.step - origin_step) / (now - origin_time) if self.step > origin_step else 0.0
+        latest = self.history[-1] if self.history else None
+        train_loss = self.loss_sum / self.loss_count if self.loss_count else (latest.train_loss if latest else None)
+        write_progress(RunProgress(
+            run_id=self.spec.run_id, step=self.step, stop_step=self.stop_step, start_step=self.start_step,
+            tokens=self.tokens, steps_per_s=rate, tokens_per_s=rate * self.spec.tokens_per_step,
+            train_loss=train_loss, val_loss=latest.val_loss if latest else None, updated_at=time.time()), self.out)
 
     def advance(self, step: int) -> float:
         """Optimiser step ``step`` (0-based), then a Fast Forward stage if one is due; returns the train loss."""

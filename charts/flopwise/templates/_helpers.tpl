@@ -72,22 +72,23 @@ app.kubernetes.io/part-of: flopwise
 - apiGroups: [flopwise.dev]
   resources: [trainingcampaigns/finalizers]
   verbs: [update]
-# one Job per training run, deleted when a run is cancelled
+# one Job per training run: deleted when a run is cancelled; patched to suspend or resume it (spec.suspend)
+# and to lower a preempted one's deadline, read first to see which
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [list, watch, create, delete]
+  verbs: [get, list, watch, create, patch, delete]
 # the runs' Pods: their termination messages carry the results
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
-# one ConfigMap per run holding its RunSpec
+# one ConfigMap per run holding its RunSpec (one an earlier attempt left is replaced), and rendezvous Services of
+# multi-node (Indexed Job) runs: deleted by spec.cleanup once the run's result is in the status
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [list, create]
-# rendezvous Services of multi-node (Indexed Job) runs
+  verbs: [list, create, update, delete]
 - apiGroups: [""]
   resources: [services]
-  verbs: [create]
+  verbs: [create, delete]
 - apiGroups: ["", events.k8s.io]
   resources: [events]
   verbs: [create]

@@ -62,6 +62,8 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
             continue  # Kubernetes 1.20 rejects empty-string defaults; absent and "" mean the same to pydantic
         elif key == "properties":
             out[key] = {name: _structural(prop, defs) for name, prop in value.items()}
+        elif key == "additionalProperties" and value is True:  # free-form (trainer.podTemplate): kept, not pruned
+            out["x-kubernetes-preserve-unknown-fields"] = True
         elif (key == "additionalProperties" and isinstance(value, dict)) or key in ("items",):
             out[key] = _structural(value, defs)
         else:
@@ -113,17 +115,26 @@ def _without_defaults(node: Any) -> Any:
 
 
 def _status_schema() -> dict[str, Any]:
-    return _without_defaults(openapi_schema(TrainingCampaignStatus, mode="serialization"))
+    schema = _without_defaults(openapi_schema(TrainingCampaignStatus, mode="serialization"))
+    # conditions are a map keyed by type (metav1.Condition's convention): server-side apply and tools merge them
+    schema["properties"]["conditions"].update({"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
+    return schema
 
 
-PRINTER_COLUMNS = [
+PRINTER_COLUMNS = [  # the display strings (status.display), never raw floats; the numbers stay beside them
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-    {"name": "Budget-Used", "type": "number", "format": "float", "jsonPath": ".status.ledger.usedPercent",
-     "description": "percent of the budget reserved or spent"},
-    {"name": "Target-Params", "type": "integer", "jsonPath": ".status.targetParams",
+    {"name": "Budget-Used", "type": "string", "jsonPath": ".status.display.budgetUsed",
+     "description": "share of the budget reserved or spent"},
+    {"name": "Target-Params", "type": "string", "jsonPath": ".status.display.targetParams",
      "description": "parameters of the recommended model"},
-    {"name": "Predicted-Loss", "type": "number", "format": "float", "jsonPath": ".status.predictedLoss",
-     "description": "predicted final loss of the recommended model"},
+    {"name": "Predicted-Loss", "type": "string", "jsonPath": ".status.display.predictedLoss",
+     "description": "the campaign's own predicted final loss ('-' before its first fit)"},
+    {"name": "Runs", "type": "string", "jsonPath": ".status.display.runs", "priority": 1,
+     "description": "runs finished / all runs known so far"},
+    {"name": "Spent", "type": "string", "jsonPath": ".status.display.spent", "priority": 1,
+     "description": "dollars spent (FLOPs where the pool is unpriced)"},
+    {"name": "Backtest-ARE", "type": "string", "jsonPath": ".status.display.backtestAre", "priority": 1,
+     "description": "the law's absolute relative error on the held-out largest ladder runs"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

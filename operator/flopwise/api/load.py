@@ -52,6 +52,21 @@ def field_path(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
+def _field_parts(field: str) -> tuple[Any, ...]:
+    """A FieldProblem's field, `containers[0].securityContext`, as a location: ('containers', 0, …)."""
+    out: list[Any] = []
+    for part in field.split("."):
+        name, _, rest = part.partition("[")
+        indices = re.findall(r"\[(\d+)\]", "[" + rest) if rest else []
+        if rest and "[" + rest != "".join(f"[{i}]" for i in indices):
+            out.append(part)  # not an index suffix: a key as it is
+            continue
+        if name:
+            out.append(name)
+        out += [int(i) for i in indices]
+    return tuple(out)
+
+
 def _hint(error: dict[str, Any]) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -80,7 +95,7 @@ def describe(error: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
         loc = prefix + tuple(err["loc"])
         problem = (err.get("ctx") or {}).get("error")
         if isinstance(problem, FieldProblem) and problem.field:
-            loc += tuple(problem.field.split("."))
+            loc += _field_parts(problem.field)
         lines.append(f"{field_path(loc)}: {message}{shown}" + (f"; {hint}" if hint else ""))
     return lines
 

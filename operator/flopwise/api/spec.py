@@ -142,7 +142,14 @@ class GpuPool(ApiModel):
     expected_mfu: float = Field(default=0.40, gt=0.0, le=1.0, description="model FLOPs utilisation until measured")
     node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
-    queue_name: str | None = Field(default=None, max_length=63, description="Kueue LocalQueue; Jobs start suspended")
+    queue_name: str | None = Field(default=None, max_length=63, description="Kueue LocalQueue "
+                                   "(`kueue.x-k8s.io/queue-name`): Jobs are created suspended and Kueue admits them; "
+                                   "a Job Kueue suspends (not admitted, or preempted) is Queued, not failed")
+    priority_class: str | None = Field(default=None, max_length=63, description="Kueue WorkloadPriorityClass "
+                                       "(`kueue.x-k8s.io/priority-class`) of the campaign's Jobs")
+    startup_slack_seconds: int = Field(default=600, ge=0, le=86_400, description="wall time a run may spend "
+                                       "before training (image pull, data, checkpoint restore) beyond its compute "
+                                       "at the expected MFU: reserved with it, and part of its Job's deadline")
 
     @model_validator(mode="after")
     def _known_peak(self) -> GpuPool:
@@ -163,6 +170,15 @@ class GpuPool(ApiModel):
                 raise FieldProblem("nodeSelector", f"the value {_short(value)} of {_short(key)} is not a label value "
                                    "(at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter "
                                    "or digit)")
+        return self
+
+    @model_validator(mode="after")
+    def _kueue_names(self) -> GpuPool:
+        for field, value in (("queueName", self.queue_name), ("priorityClass", self.priority_class)):
+            if value is not None and not (len(value) <= 63 and _DNS_SUBDOMAIN.match(value)):
+                raise FieldProblem(field, f"{_short(value)} is not a Kubernetes object name usable as a label value: "
+                                   "1-63 lower-case letters, digits, '-' or '.', each dot-separated part starting and "
+                                   "ending with a letter or digit (Kueue reads it from a label)")
         return self
 
     @model_validator(mode="after")
@@ -270,7 +286,8 @@ class Ladder(ApiModel):
       at the other token counts. Each branch is a real final loss at a fraction of a separate run's cost.
     * ``isoflop`` (Chinchilla's Approach 2, Hoffmann et al. 2022 §3.2; DeepSeek LLM): ``levels`` compute
       levels, ``sizes`` sizes around the prior's optimum at each; each run its own full schedule. The
-      minima of the loss-vs-size parabolas give N_opt(C) directly, independently of the parametric fit.
+      minima of the loss-vs-size parabolas give N_opt(C) directly, independently of the parametric fit. A
+      level whose loss is lowest at its smallest or largest size gets up to two more sizes past that edge.
     """
 
     design: LadderDesign = Field(default="isoflop", description="wsd: trunks with cooldown branches; isoflop: "
@@ -306,12 +323,22 @@ class Ladder(ApiModel):
 
 
 class Resources(ApiModel):
-    requests: dict[str, Annotated[str, Field(max_length=64)]] = Field(default_factory=dict)
-    limits: dict[str, Annotated[str, Field(max_length=64)]] = Field(default_factory=dict)
+    requests: dict[str, Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=dict)
+    limits: dict[str, Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=dict)
+
+
+_QUANTITY = re.compile(r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
+                       r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+
+
+def _quantity(value: str | None, field: str) -> None:
+    if value is not None and not _QUANTITY.match(value):
+        raise FieldProblem(field, f"{_short(value)} is not a Kubernetes quantity (e.g. 8, 500m, 64Gi)")
 
 
 class Trainer(ApiModel):
-    """The trainer container: the image, an optional exec-form command override, resources."""
+    """The trainer container and its Pod: the image, an optional exec-form command override, resources, the
+    GPU-ready defaults (shared memory, CPU and memory requests per GPU) and an overlay for the rest."""
 
     image: str = Field(default="ghcr.io/flopwise/trainer:0.1.0", min_length=1, max_length=512)
     command: list[Annotated[str, Field(max_length=4096)]] | None = Field(default=None, max_length=64)
@@ -322,6 +349,45 @@ class Trainer(ApiModel):
         description="PersistentVolumeClaim (ReadWriteMany when runs share nodes) for run outputs, one folder per "
                     "campaign uid: a relaunched Job resumes its checkpoint and the partial check's second leg finds "
                     "the first's. Unset: an emptyDir per Pod (a relaunch starts over; no partial check on a cluster)")
+    termination_grace_period_seconds: int = Field(
+        default=300, ge=0, le=86_400,
+        description="time a trainer Pod gets after SIGTERM (deadline, preemption, suspension, cancellation) to "
+                    "checkpoint and report; the ledger reserves it, since the GPUs are held until the Pod ends")
+    shm_size: str | None = Field(default=None, max_length=32, description="size of /dev/shm, a memory-backed "
+                                 "emptyDir (NCCL, data loaders); default 8Gi per GPU of the Pod, 1Gi on CPU pools")
+    cpu_per_gpu: str = Field(default="8", max_length=32, description="CPU request per GPU of a GPU pool's Pod "
+                             "(unless resources.requests.cpu is given)")
+    memory_per_gpu: str = Field(default="64Gi", max_length=32, description="memory request per GPU of a GPU "
+                                "pool's Pod (unless resources.requests.memory is given)")
+    pod_template: dict[str, Any] | None = Field(
+        default=None, description="a partial Pod template ({metadata: {labels, annotations}, spec}) merged into "
+        "every trainer Pod: env, volumes, affinity, priorityClassName, imagePullSecrets, sidecars… (containers, "
+        "env, volumes merged by name; the trainer container is named trainer). It cannot weaken the restricted "
+        "security context: anything that would is refused, naming the field")
+
+    @model_validator(mode="after")
+    def _gpu_ready(self) -> Trainer:
+        _quantity(self.shm_size, "shmSize")
+        _quantity(self.cpu_per_gpu, "cpuPerGpu")
+        _quantity(self.memory_per_gpu, "memoryPerGpu")
+        if self.pod_template is not None:
+            from flopwise.api.podtemplate import problems
+
+            found = problems(self.pod_template)
+            if found:
+                where, why = found[0]
+                raise FieldProblem(f"podTemplate.{where}", f"{why}" + (
+                    f" (and {len(found) - 1} more)" if len(found) > 1 else ""))
+        return self
+
+
+class Cleanup(ApiModel):
+    """What becomes of a finished run's Job, its Pods and its ConfigMap once its result is in the status."""
+
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, le=31_536_000, description="delete them this long after the run's result was written to "
+        "the status (0: at once); unset: keep them until the campaign is deleted")
+    keep_failed: bool = Field(default=False, description="keep failed runs' Jobs and Pods (their logs) anyway")
 
 
 class Final(ApiModel):
@@ -351,6 +417,9 @@ class TrainingCampaignSpec(ApiModel):
     law: PlanningLaw = Field(default="chinchilla-3", description="prior law used until the campaign fits its own")
     trainer: Trainer = Field(default_factory=Trainer)
     final: Final = Field(default_factory=Final)
+    suspend: bool = Field(default=False, description="stop launching and stop the running Jobs (suspended where "
+                          "the server can, else deleted; checkpoints kept); false again resumes where it stopped")
+    cleanup: Cleanup = Field(default_factory=Cleanup)
 
     @model_validator(mode="after")
     def _schedules_fit_the_design(self) -> TrainingCampaignSpec:

@@ -6,30 +6,69 @@ and the predictions, run counts and `conditions` with `observedGeneration`.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, model_validator
 
 from flopwise.api.spec import ApiModel, Dataset, Ladder, ModelFamily, PlanningLaw, Tuning
+from flopwise.api.stored import DERIVED_FIELDS, PLANNED_FIELDS, restore
 from flopwise.contract import ModelShape, ScheduleSpec
 
 Phase = Literal["Pending", "Planned", "Round1", "Round2", "Ladder", "Final", "Succeeded", "Failed"]
 RunRole = Literal["ladder", "round1", "round2", "final", "seed"]
 
 
-class Condition(ApiModel):
-    """A Kubernetes-style condition (type, status, reason, message, observedGeneration)."""
+CONDITION_TYPE = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                  r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$")
+CONDITION_REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 
-    type: str = Field(max_length=316)
+
+class Condition(ApiModel):
+    """A condition in metav1.Condition's form (what `kubectl wait --for=condition=…` and every Kubernetes tool
+    read): type, status, a CamelCase reason, message, lastTransitionTime (required) and observedGeneration. The
+    campaign's types: Complete and Failed (as a batch/v1 Job's), Suspended, Degraded, Planned, FitReady,
+    LRTransfers, BudgetExhausted, BudgetBelowSpent, SpecChangeRefused, SpecValid, MultiNodeUnavailable."""
+
+    type: str = Field(max_length=316, pattern=CONDITION_TYPE)
     status: Literal["True", "False", "Unknown"]
-    reason: str = Field(default="", max_length=1024)
+    reason: str = Field(min_length=1, max_length=1024, pattern=CONDITION_REASON)
     message: str = Field(default="", max_length=32768)
-    last_transition_time: str | None = None
+    last_transition_time: str = Field(json_schema_extra={"format": "date-time"})
     observed_generation: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_statuses(cls, data: Any) -> Any:
+        """Statuses written before conditions followed metav1 may lack a reason or a transition time."""
+        if isinstance(data, dict):
+            data = dict(data)
+            for key in ("reason",):
+                if not data.get(key):
+                    data[key] = "Unknown"
+            for key in ("lastTransitionTime", "last_transition_time"):
+                if key in data and not data[key]:
+                    del data[key]
+            if not data.get("lastTransitionTime") and not data.get("last_transition_time"):
+                data["lastTransitionTime"] = "1970-01-01T00:00:00Z"
+        return data
+
+
+def _record_schema(schema: dict[str, Any]) -> None:
+    """The CRD holds the stored form (api/stored.py): a record may leave out what its planned run says."""
+    optional = {*PLANNED_FIELDS, "plannedId"}
+    schema["required"] = [name for name in schema.get("required", []) if name not in optional]
+
+
+def _planned_run_schema(schema: dict[str, Any]) -> None:
+    """The CRD holds the stored form (api/stored.py): a planned run may leave out what its shape and the plan say."""
+    schema["required"] = [name for name in schema.get("required", []) if name not in DERIVED_FIELDS]
 
 
 class PlannedRun(ApiModel):
-    """One run the plan intends to launch, with its exact FLOPs and forecast cost."""
+    """One run the plan intends to launch, with its exact FLOPs and forecast cost. Stored without params, flops,
+    gpuHours or usd where they are what its shape, tokens and the plan's peakFlopsPerGpu and mfu give (usd: 0)."""
+
+    model_config = ConfigDict(json_schema_extra=_planned_run_schema)
 
     run_id: str
     role: RunRole
@@ -90,7 +129,11 @@ class TargetPlan(ApiModel):
     params: int = Field(ge=1, description="exact parameters of the chosen shape")
     tokens: int = Field(ge=1)
     tokens_per_param: float = Field(ge=0)
-    predicted_loss: float | None = None
+    predicted_loss: float | None = Field(default=None, description="the target's loss under the law that sized "
+                                         "it: see lossBasis; absent where a published law's tokenizer is not the "
+                                         "campaign's (its loss would be in other units)")
+    loss_basis: Literal["fit", "prior"] | None = Field(default=None, description="fit: the campaign's own law; "
+                                                       "prior: a published law (its data, not the campaign's)")
     gpu_hours: float = Field(ge=0)
     usd: float = Field(ge=0)
     data_limited: bool = False
@@ -211,9 +254,13 @@ class RunCounts(ApiModel):
     succeeded: int = Field(default=0, ge=0)
     failed: int = Field(default=0, ge=0)
     lost: int = Field(default=0, ge=0)
+    queued: int = Field(default=0, ge=0, description="launched, waiting for admission (Kueue) or preempted")
+    suspended: int = Field(default=0, ge=0, description="stopped by spec.suspend")
 
 
-RunState = Literal["Pending", "Running", "Succeeded", "Failed", "Lost"]
+RunState = Literal["Pending", "Running", "Queued", "Suspended", "Succeeded", "Failed", "Lost"]
+LIVE_STATES = ("Running", "Queued", "Suspended")
+"""A run in these states holds a reservation and may have a Job."""
 
 
 class Charge(ApiModel):
@@ -247,8 +294,23 @@ class RunResult(ApiModel):
     curve: list[CurveSample] = Field(default_factory=list, max_length=64)
 
 
+class PodTime(ApiModel):
+    """GPU time one Pod of a run held: from the Pod's start (the kubelet took it) to its end, on its GPUs. What a
+    run is charged on a cluster, whatever its report says."""
+
+    uid: str = Field(max_length=64)
+    gpus: int = Field(ge=0)
+    started_at: float = Field(description="seconds since the epoch")
+    finished_at: float | None = Field(default=None, description="unset while the Pod runs")
+
+
 class RunRecord(ApiModel):
-    """One attempt at one planned run: its hyperparameters, its ledger entry and its result."""
+    """One attempt at one planned run: its hyperparameters, its ledger entry and its result. A stored record
+    without a shape has its planned run's shape, and of role, params, tokens, batchSize, steps, learningRate,
+    warmupFraction, level and checkpointsAt those it leaves out (read them there); without plannedId, plannedId is
+    its runId."""
+
+    model_config = ConfigDict(json_schema_extra=_record_schema)
 
     run_id: str = Field(max_length=200)
     planned_id: str = Field(max_length=200, description="the plan's run this attempt carries out")
@@ -288,6 +350,11 @@ class RunRecord(ApiModel):
     def trajectory_tokens(self) -> int:
         """Tokens of the whole schedule this record ends: the point it puts on the loss surface."""
         return (self.stop_at_step or self.steps) * self.batch_size * self.shape.seq_len
+    pods: list[PodTime] = Field(default_factory=list, max_length=4096, description="while it is live: the GPU "
+                                "time of each Pod seen (folded into spent when it settles)")
+    image: str | None = Field(default=None, max_length=512, description="the trainer image it was launched with")
+    image_digest: str | None = Field(default=None, max_length=71, description="that image's sha256 digest, as a Pod "
+                                     "status showed it")
 
     def train_steps(self) -> int:
         """Optimiser steps this record trains: its leg of the schedule."""
@@ -439,11 +506,24 @@ class PlannedSpec(ApiModel):
     law: PlanningLaw
 
 
+class StatusDisplay(ApiModel):
+    """The status's numbers as people read them, for `kubectl get tc` (printer columns show a field as stored:
+    `9.4%`, not `9.356419665843365`). The numbers stay beside them for machines and metrics."""
+
+    budget_used: str = Field(default="", max_length=32, description="reserved + spent, of the budget: '9.4%'")
+    target_params: str = Field(default="", max_length=32, description="the recommended model's size: '9.29B'")
+    predicted_loss: str = Field(default="", max_length=32, description="the campaign's own prediction, '-' before "
+                                "its first fit (a published law's loss is never shown here)")
+    runs: str = Field(default="", max_length=32, description="runs finished / all runs known so far: '3/26'")
+    spent: str = Field(default="", max_length=32, description="dollars spent, or FLOPs where unpriced: '$1,234'")
+    backtest_are: str = Field(default="", max_length=32, description="the law's error on held-out largest runs")
+
+
 class TrainingCampaignStatus(ApiModel):
     phase: Phase = "Pending"
     observed_generation: int | None = Field(default=None, ge=0)
     message: str = Field(default="", max_length=32768)
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list, description="metav1.Condition, one per type")
     plan: Plan | None = None
     planned_spec: PlannedSpec | None = None
     ledger: LedgerTotals = Field(default_factory=LedgerTotals)
@@ -459,3 +539,12 @@ class TrainingCampaignStatus(ApiModel):
     measured_mfu: float | None = Field(default=None, ge=0, description="FLOP-weighted MFU of finished runs")
     noise_floor: NoiseFloorStatus | None = None
     partial_check: PartialCheckStatus | None = None
+    display: StatusDisplay | None = Field(default=None, description="display strings for printer columns")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _planned_fields(cls, data: Any) -> Any:
+        """A stored status gets back what its planned runs and records left out (api/stored.py)."""
+        if isinstance(data, dict) and isinstance(data.get("plan"), Plan):
+            return data  # built from models, not read from storage
+        return restore(data)

@@ -25,9 +25,10 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from flopwise.cli import data_cmd, fit_cmd, operator_cmd, plan_cmd, run_cmd
+    from flopwise.cli import data_cmd, fit_cmd, operator_cmd, plan_cmd, run_cmd, status_cmd
 
-    for command in (*plan_cmd.COMMANDS, run_cmd.command, fit_cmd.command, data_cmd.command, operator_cmd.command):
+    for command in (*plan_cmd.COMMANDS, run_cmd.command, *status_cmd.COMMANDS, fit_cmd.command, data_cmd.command,
+                    operator_cmd.command):
         cli.add_command(command)
 
 

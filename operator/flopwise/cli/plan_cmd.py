@@ -40,6 +40,8 @@ def validate(campaign_file: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the plan as JSON (the status.plan field)")
 def plan(campaign_file: str, as_json: bool) -> None:
     """Show what flopwise would do with a campaign's budget: target, ladder, rounds, costs."""
+    from flopwise.overview.model import target_loss_text
+
     campaign, result = _plan_of(campaign_file)
     if as_json:
         click.echo(json.dumps(result.model_dump(by_alias=True, mode="json"), indent=2))
@@ -48,10 +50,10 @@ def plan(campaign_file: str, as_json: bool) -> None:
     click.echo(f"campaign {campaign.metadata.name}: budget {fmt.flops(result.budget_flops)} FLOPs"
                f" ({fmt.usd(result.budget_usd)}), {result.binding} binds; margin {fmt.flops(result.margin_flops)}"
                f"; law {result.law}; peak {fmt.flops(result.peak_flops_per_gpu)} FLOP/s/GPU at MFU {result.mfu:g}")
-    loss = f", predicted loss {t.predicted_loss:.3f}" if t.predicted_loss is not None else ""
     click.echo(f"target: {fmt.count(t.params)} params ({t.shape.n_layer} layers × {t.shape.d_model} wide, "
                f"{t.shape.n_head} heads) on {fmt.count(t.tokens)} tokens ({t.tokens_per_param:.1f} tokens/param)"
-               f"{loss}; {fmt.flops(t.flops)} FLOPs, {t.gpu_hours:,.0f} GPU-hours, {fmt.usd(t.usd)}")
+               f"; {fmt.flops(t.flops)} FLOPs, {t.gpu_hours:,.0f} GPU-hours, {fmt.usd(t.usd)}")
+    click.echo(f"predicted loss: {target_loss_text(t, campaign.spec.model.vocab_size)}")
     rows = [[r.run_id, r.role, fmt.count(r.params), f"{r.shape.n_layer}×{r.shape.d_model}", fmt.count(r.tokens),
              str(r.steps), f"{r.learning_rate:.3g}" if r.learning_rate else "-", fmt.flops(r.flops),
              f"{r.gpu_hours:,.1f}", fmt.usd(r.usd)] for r in result.all_runs()]
@@ -91,6 +93,7 @@ def size(flops: float | None, usd: float | None, gpu: str, peak_flops: float | N
     from flopwise.contract import GPU_ALIASES, gpu_peak_flops
     from flopwise.planning.budget import Pool
     from flopwise.planning.laws import allocation_rule
+    from flopwise.planning.priors import PUBLISHED_DATA
 
     if (flops is None) == (usd is None):
         raise click.UsageError("give exactly one of --flops or --usd")
@@ -122,7 +125,9 @@ def size(flops: float | None, usd: float | None, gpu: str, peak_flops: float | N
     if as_json:
         click.echo(json.dumps(result))
         return
-    loss = f", predicted loss {optimum.loss:.3f}" if optimum.loss is not None else ""
+    data = PUBLISHED_DATA.get(law)  # a published law's loss is in its own tokenizer's units, on its own data
+    loss = (f", loss {optimum.loss:.3f} per token of {data.describe() if data else law + ' data'}"
+            if optimum.loss is not None else "")
     click.echo(f"{fmt.flops(flops)} FLOPs under {law}: {fmt.count(optimum.params)} params on "
                f"{fmt.count(optimum.tokens)} tokens ({optimum.tokens_per_param:.1f} tokens/param){loss}")
 

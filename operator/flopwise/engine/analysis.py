@@ -242,3 +242,50 @@ def seed_floor(records: list[RunRecord], backtest_are: float | None) -> NoiseFlo
             f"σ's upper bound, {floor.band_are_high:.2%}): the law's own error is real")
     status.message = text
     return status
+
+
+EXTENDED = "size extended"  # the reason of a run added past an IsoFLOP level's edge
+NOT_EXTENDED = "no size past this edge"  # the reason of an edge run when no size could be added past it
+
+
+@dataclass(frozen=True)
+class LevelEdge:
+    """An IsoFLOP level whose best run is its smallest or largest size: its minimum may lie beyond the sizes
+    tried, and Approach 2's parabola there would bracket nothing."""
+
+    level: int
+    side: str  # "smallest" or "largest"
+    edge_params: float  # the edge size, from which the next size steps outward
+    edge_run: str  # the run that measured it (its reason says why nothing was added past it)
+    flops: float  # the level's compute (mean over its runs)
+    taken: frozenset[tuple[int, int]]  # (layers, width) of every shape the level already has
+    extended: int  # sizes already added past this level's edges
+    closed: bool  # an extension was found impossible (its edge run's reason says why)
+
+
+def isoflop_edges(records: list[RunRecord]) -> list[LevelEdge]:
+    """Levels of an IsoFLOP ladder whose lowest final loss is at an end of their sizes (Chinchilla §3.2: each
+    profile needs its minimum inside the sizes tried; a level that only falls towards an edge says the prior
+    centred it wrongly). Failed runs count as tried (their shapes are not retried) but not as points."""
+    by_level: dict[int, list[RunRecord]] = {}
+    for record in records:
+        if record.role == "ladder" and record.level is not None:
+            by_level.setdefault(record.level, []).append(record)
+    edges = []
+    for level, runs in sorted(by_level.items()):
+        points = [r for r in runs if math.isfinite(_run_loss(r))]
+        if len({r.params for r in points}) < 2:
+            continue
+        ordered = sorted(points, key=lambda r: r.params)
+        best = min(points, key=_run_loss)
+        side = "smallest" if best.params == ordered[0].params else "largest" if best.params == ordered[-1].params \
+            else None
+        if side is None:
+            continue
+        edges.append(LevelEdge(
+            level=level, side=side, edge_params=float(best.params), edge_run=best.run_id,
+            flops=sum(r.planned_flops() for r in runs) / len(runs),
+            taken=frozenset((r.shape.n_layer, r.shape.d_model) for r in runs),
+            extended=sum(1 for r in runs if r.reason.startswith(EXTENDED)),
+            closed=any(NOT_EXTENDED in r.reason for r in runs)))
+    return edges

@@ -162,11 +162,14 @@ def _candidate(ends: Endpoints, mode: str, *, flops: float, resamples: int, seed
         if draws.size >= max(2, resamples // 2):
             tail = (1 - LEVEL) / 2 * 100
             low, high = (float(v) for v in np.percentile(draws, [tail, 100 - tail]))
-    cand_low, cand_high = ({}, {}) if boot is None else (
-        {k: v.low for k, v in boot.parameter_intervals().items()},
-        {k: v.high for k, v in boot.parameter_intervals().items()})
+    intervals = {} if boot is None else {k: v for k, v in boot.parameter_intervals().items()
+                                         if math.isfinite(v.low) and math.isfinite(v.high)}
+    cand_low, cand_high = {k: v.low for k, v in intervals.items()}, {k: v.high for k, v in intervals.items()}
     found = identify.problems(fit.law, cand_low, cand_high, free_exponents=fit.mode == "full",
                               params_low=low, params_high=high)
+    if boot is not None and len(intervals) < 5:
+        found.append(f"{boot.n_resamples} bootstrap resamples gave no finite interval for "
+                     f"{', '.join(sorted({'E', 'A', 'B', 'alpha', 'beta'} - set(intervals)))}: their spread is unknown")
     if boot is not None and low is None:
         found.append("most bootstrap resamples have no compute-optimal allocation: nothing pins it down")
     if params is None:

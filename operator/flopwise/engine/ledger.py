@@ -4,10 +4,13 @@ The per-run records are the only book; totals are derived from them (`totals`), 
 disagree. Invariant, checked wherever a charge changes: reserved + spent ≤ budget in FLOPs, and in dollars
 when the pool is priced.
 
-Dollars follow the measurement: a reservation converts FLOPs into GPU-hours at the *measured* MFU once runs
-have finished (the pool's expected MFU before that). A settled run is charged what it measured, capped at its
-reservation: executors enforce the reservation (Kubernetes: activeDeadlineSeconds; the trainer never trains
-past its tokens), so a measurement above it is a broken report, noted on the run, never a ledger overdraft.
+Spend is real and capped. A reservation is the worst case the executor allows a run (`worst_case`): its compute
+at the *measured* MFU once runs have finished (the pool's expected MFU before that), plus the start-up slack and
+the grace period after a stop, during which its GPUs are held too. The executor enforces exactly that (Kubernetes:
+the Job's activeDeadlineSeconds is the reservation's wall time less the grace period; the trainer never trains past
+its tokens). A settled run is charged what it really used — on a cluster the GPU time its Pods held, whatever its
+report says — capped at its reservation: a measurement above it is a clock or report fault, noted on the run,
+never a ledger overdraft. So reserved + spent ≤ budget holds for real dollars, not only for reported ones.
 """
 
 from __future__ import annotations
@@ -42,6 +45,14 @@ def charge_for(pool: Pool, flops: float, mfu: float | None = None) -> Charge:
     """What ``flops`` cost on ``pool`` at ``mfu`` (default: the pool's)."""
     rate = Pool(peak_flops=pool.peak_flops, mfu=mfu or pool.mfu, price_per_gpu_hour=pool.price_per_gpu_hour)
     return Charge(flops=flops, gpu_hours=rate.gpu_hours(flops), usd=rate.usd(flops))
+
+
+def worst_case(pool: Pool, flops: float, *, gpus: int, overhead_s: float, mfu: float | None = None) -> Charge:
+    """What a run of ``flops`` may cost at most: its compute at ``mfu`` plus ``overhead_s`` of wall time on its
+    ``gpus`` (start-up before training, the grace after a stop) that its executor lets it hold them for."""
+    compute = charge_for(pool, flops, mfu)
+    extra = max(0.0, overhead_s) * gpus / 3600.0
+    return Charge(flops=flops, gpu_hours=compute.gpu_hours + extra, usd=compute.usd + extra * pool.price_per_gpu_hour)
 
 
 def totals(records: list[RunRecord], limits: Limits, planned_flops: float = 0.0) -> LedgerTotals:
@@ -96,7 +107,8 @@ def settle(record: RunRecord, measured: Charge) -> None:
                     usd=min(measured.usd, held.usd))
     if measured.flops > held.flops * (1 + 1e-6) or measured.usd > held.usd + 1e-6:
         record.reason = (record.reason + " " if record.reason else "") + (
-            f"reported {measured.flops:.4g} FLOPs / ${measured.usd:.2f} above its reservation; charged the reservation")
+            f"measured {measured.flops:.4g} FLOPs / ${measured.usd:.2f} above its reservation; charged the "
+            "reservation")
     record.spent = Charge(flops=record.spent.flops + capped.flops, gpu_hours=record.spent.gpu_hours + capped.gpu_hours,
                           usd=record.spent.usd + capped.usd)
     record.reserved = Charge()

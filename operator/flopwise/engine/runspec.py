@@ -43,13 +43,11 @@ def run_spec_for(record: RunRecord, spec: TrainingCampaignSpec, plan: Plan, *, c
                  output_dir: str, device: str = "auto") -> RunSpec:
     """A branch or a leg of a run gets its whole schedule's tokens (``record.steps``), so that its learning rate
     follows its whole schedule; its record's tokens are the steps it trains itself (what it is charged). A branch
-    resumes the checkpoint its parent kept at ``resume_step``; a run with branches keeps those checkpoints. A retry
-    (``resume_from`` alone) continues its failed attempt's latest checkpoint if that attempt left one."""
+    resumes the checkpoint its parent kept at ``resume_step``; a run with branches keeps those checkpoints."""
     tokens = record.steps * record.batch_size * record.shape.seq_len
     resume = sibling_output(output_dir, record.run_id, record.resume_from) if record.resume_from else None
     return RunSpec(
         stop_at_step=record.stop_at_step, resume_from=resume, resume_step=record.resume_step,
-        resume_if_present=resume is not None and record.resume_step is None and record.attempt > 0,
         save_checkpoints_at=list(record.checkpoints_at),
         run_id=record.run_id, campaign=campaign, role=record.role, shape=record.shape, tokens=tokens,
         batch_size=record.batch_size,

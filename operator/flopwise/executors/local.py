@@ -3,8 +3,14 @@
 Every run owns a folder `runs/<run id>/` holding its spec, its log, its pid and — when it ends — its
 termination message, exactly what a Kubernetes pod would leave. Launching is idempotent on that folder: a
 run that already finished or is still alive (for example after `flopwise run` itself was killed and resumed)
-is adopted, never started twice. Runs start in their own session, so an interrupted `flopwise run` leaves
-them training, and `--resume` picks them up.
+is adopted, never started twice. Runs start in their own session, so a killed `flopwise run` leaves them
+training, and `--resume` picks them up.
+
+Ctrl-C is a stop, not a kill: `stop` marks each running run `interrupted`, sends it SIGTERM (the trainer
+checkpoints at the next step boundary and exits) and waits. A marked run that did not succeed is observed as
+never started, so `--resume` launches it again and it continues from its checkpoint: the interrupted attempt's
+failure summary is kept aside (`termination-log.interrupted`) and never reaches the ledger, which charges the
+run once, for everything it trained, when it ends.
 """
 
 from __future__ import annotations
@@ -14,14 +20,16 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-from flopwise.api.status import RunRecord
-from flopwise.contract import RunSpec, RunSummary
+from flopwise.api.status import LIVE_STATES, RunRecord
+from flopwise.contract import PROGRESS_FILE, RunProgress, RunSpec, RunSummary
 from flopwise.engine.machine import Observation
 
 TERMINATION_LOG = "termination-log"
+INTERRUPTED = "interrupted"  # marker: `flopwise run` stopped this run on Ctrl-C; a resume continues it
 
 
 class LocalExecutor:
@@ -37,12 +45,26 @@ class LocalExecutor:
     def run_dir(self, run_id: str) -> Path:
         return self.runs_dir / run_id
 
+    def output_dir(self, run_id: str) -> Path:
+        """Where the run's trainer writes (checkpoints, results, progress)."""
+        return output_dir(self.runs_dir.parent, run_id)
+
+    def progress(self, run_id: str) -> RunProgress | None:
+        return read_progress(self.runs_dir.parent, run_id)
+
     # -------------------------------------------------------------------------------------------- launch
     def launch(self, record: RunRecord, spec: RunSpec) -> bool:
         """Start the run unless it already finished or is alive; returns True when a process was started."""
         folder = self.run_dir(record.run_id)
         folder.mkdir(parents=True, exist_ok=True)
-        if (folder / TERMINATION_LOG).exists() or self._alive(record.run_id):
+        if self.alive(record.run_id):
+            return False
+        resumed = (folder / INTERRUPTED).exists()
+        if resumed:  # stopped by Ctrl-C: its summary is of the interrupted attempt, never the run's result
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(folder / TERMINATION_LOG, folder / (TERMINATION_LOG + ".interrupted"))
+            (folder / INTERRUPTED).unlink()
+        if (folder / TERMINATION_LOG).exists():
             return False
         spec_path = folder / "spec.json"
         spec_path.write_text(spec.model_dump_json(by_alias=True, indent=1))
@@ -58,30 +80,66 @@ class LocalExecutor:
         self.children[record.run_id] = process
         _atomic_write(folder / "pid", f"{process.pid}\n")
         with open(folder / "launches.log", "a") as launches:  # the audit trail the resume test reads
-            launches.write(f"{time.time():.3f} pid {process.pid}\n")
+            launches.write(f"{time.time():.3f} pid {process.pid}{' resumed after Ctrl-C' if resumed else ''}\n")
         return True
 
+    def stop(self, run_ids: list[str], timeout: float) -> list[str]:
+        """Stop these runs as Ctrl-C does: mark them interrupted, SIGTERM them (they checkpoint at the next step
+        boundary) and wait up to ``timeout`` seconds; returns the ids still alive then."""
+        alive = [run_id for run_id in run_ids if self.alive(run_id)]
+        for run_id in alive:  # marked before the signal: whatever happens next, a resume continues the run
+            (self.run_dir(run_id) / INTERRUPTED).touch()
+        for run_id in alive:
+            pid = self._pid(run_id)
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive = [run_id for run_id in alive if self.alive(run_id)]
+        return alive
+
     def cancel(self, run_id: str) -> None:
+        """SIGTERM: the trainer checkpoints at its next step boundary and reports what it consumed."""
         pid = self._pid(run_id)
-        if pid is not None and self._alive(run_id):
+        if pid is not None and self.alive(run_id):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)
 
+    def suspend(self, run_id: str) -> None:
+        self.cancel(run_id)  # its folder (and checkpoint) stays
+
+    def resume(self, record: RunRecord, spec: RunSpec) -> bool:
+        """Start a suspended run again: its SIGTERM report is cleared; the trainer resumes from its checkpoint."""
+        if self.alive(record.run_id):
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            (self.run_dir(record.run_id) / TERMINATION_LOG).unlink()
+        return self.launch(record, spec)
+
     # ------------------------------------------------------------------------------------------- observe
     def observe(self, records: list[RunRecord]) -> list[Observation]:
-        return [self._observe(r.run_id) for r in records if r.state == "Running"]
+        return [self._observe(r.run_id) for r in records if r.state in LIVE_STATES]
 
     def _observe(self, run_id: str) -> Observation:
         folder = self.run_dir(run_id)
-        if self._alive(run_id):
+        if self.alive(run_id):
             return Observation(run_id, "running")
         message_path = folder / TERMINATION_LOG
+        interrupted = (folder / INTERRUPTED).exists()
         if message_path.exists():
             try:
                 summary = RunSummary.from_message(message_path.read_text()[:65536])
             except (ValueError, OSError):
+                if interrupted:
+                    return Observation(run_id, "absent")
                 return Observation(run_id, "failed", None)  # garbled: charged its reservation, never trusted
+            if interrupted and summary.status != "succeeded":
+                return Observation(run_id, "absent")  # stopped by Ctrl-C: to be continued, not charged
             return Observation(run_id, "succeeded" if summary.status == "succeeded" else "failed", summary)
+        if interrupted:
+            return Observation(run_id, "absent")
         if self._pid(run_id) is None:
             return Observation(run_id, "absent")
         return Observation(run_id, "lost")
@@ -93,7 +151,7 @@ class LocalExecutor:
         except (OSError, ValueError):
             return None
 
-    def _alive(self, run_id: str) -> bool:
+    def alive(self, run_id: str) -> bool:
         child = self.children.get(run_id)
         if child is not None:
             if child.poll() is None:
@@ -110,13 +168,25 @@ class LocalExecutor:
             return False
         return str(self.run_dir(run_id)).encode() in cmdline and ") Z" not in stat
 
-    def wait_any(self, timeout: float) -> None:
-        """Sleep until a child exits or ``timeout`` passes (adopted runs are polled)."""
+    def wait_any(self, timeout: float, stop: threading.Event | None = None) -> None:
+        """Sleep until a child exits, ``stop`` is set or ``timeout`` passes (adopted runs are polled)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if any(child.poll() is not None for child in self.children.values()):
                 return
-            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            if stop is not None and stop.is_set():
+                return
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+
+def output_dir(state_dir: Path, run_id: str) -> Path:
+    """Where a run's trainer writes (checkpoints, results, progress), inside a local campaign's state folder."""
+    return Path(state_dir) / "runs" / run_id / "out"
+
+
+def read_progress(state_dir: Path, run_id: str) -> RunProgress | None:
+    """What the run's trainer last said about its progress (advisory: None when it has not yet)."""
+    return RunProgress.read(str(output_dir(state_dir, run_id) / PROGRESS_FILE))
 
 
 def _atomic_write(path: Path, text: str) -> None:

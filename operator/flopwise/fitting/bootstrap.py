@@ -53,7 +53,10 @@ class BootstrapResult:
 
     def _interval(self, estimate: float, values: np.ndarray) -> Interval:
         tail = 50.0 * (1.0 - self.level)
-        low, high = np.percentile(values[np.isfinite(values)], [tail, 100.0 - tail])
+        values = values[np.isfinite(values)]
+        if values.size == 0:  # no resample converged to a finite value: the interval is unknown, not zero-width
+            return Interval(float(estimate), math.nan, math.nan)
+        low, high = np.percentile(values, [tail, 100.0 - tail])
         return Interval(float(estimate), float(low), float(high))
 
     def parameter_intervals(self) -> dict[str, Interval]:
@@ -141,17 +144,8 @@ def bootstrap_many(
         y = log_y[0] if n_sets == 1 else log_y[owner[idx]]
         return objective_and_grad(x, log_x, y, w[idx], delta)
 
-    free = np.ones(5, bool)
-    if fits[0].mode == "borrowed":
-        free[2:4] = False
     x0 = np.repeat(np.stack([f.theta for f in fits]), n_resamples, axis=0)
-    res = minimize_batched(fun, x0, free=free, ftol=BOOTSTRAP_FTOL, gtol=BOOTSTRAP_GTOL)
-    out = []
-    for r, fit in enumerate(fits):
-        rows = slice(r * n_resamples, (r + 1) * n_resamples)
-        out.append(BootstrapResult(best=fit, theta=res.x[rows], level=level,
-                                   n_converged=int(res.converged[rows].sum()), by_run=by_run))
-    return out
+    return _solve_resamples(fun, x0, fits, n_resamples, level=level, by_run=by_run)
 
 
 @dataclass(frozen=True)
@@ -246,13 +240,20 @@ def bootstrap_parametric_many(points: FitPoints, fits: list[FitResult], noises: 
     def fun(x: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return objective_and_grad(x, points.log_x, all_y[idx], w, delta)
 
+    return _solve_resamples(fun, np.concatenate(x0), fits, n_resamples, level=level, by_run=False)
+
+
+def _solve_resamples(fun, x0: np.ndarray, fits: list[FitResult], n_resamples: int, *, level: float,
+                     by_run: bool) -> list[BootstrapResult]:
+    """Minimise every resample of every fit in one batch (``n_resamples`` consecutive rows per fit; exponents held
+    when the fits borrowed them) and split the optima back per fit."""
     free = np.ones(5, bool)
     if fits[0].mode == "borrowed":
         free[2:4] = False
-    res = minimize_batched(fun, np.concatenate(x0), free=free, ftol=BOOTSTRAP_FTOL, gtol=BOOTSTRAP_GTOL)
+    res = minimize_batched(fun, x0, free=free, ftol=BOOTSTRAP_FTOL, gtol=BOOTSTRAP_GTOL)
     out = []
     for r, fit in enumerate(fits):
         rows = slice(r * n_resamples, (r + 1) * n_resamples)
         out.append(BootstrapResult(best=fit, theta=res.x[rows], level=level,
-                                   n_converged=int(res.converged[rows].sum()), by_run=False))
+                                   n_converged=int(res.converged[rows].sum()), by_run=by_run))
     return out

@@ -11,7 +11,10 @@ inside the token counts it was trained to — never extrapolated. Such profiles 
 correlated and the interval below is optimistic for them; the status says which kind was used.
 
 The parabola is fitted to log L (noise is relative), the vertex's standard error by the delta method with the
-noise taken as the larger of the residual scatter and the seed-noise floor. A level whose minimum lies outside
+noise taken as the larger of the residual scatter and the seed-noise floor. Where the lowest size has neighbours
+on both sides but the parabola through every size puts its vertex outside them (a lopsided profile: at tiny
+scale a data-starved size's loss rises far faster than a parameter-starved one's), the vertex is read off the
+best size and its two neighbours. A level whose minimum lies outside
 the sizes it tried (the parabola's vertex clamped to an end) or that is not convex brackets nothing and is left
 out; the power law needs two bracketed levels.
 """
@@ -59,6 +62,16 @@ def profile(flops: float, params: list[float], losses: list[float], noise: float
         return Profile(**base, params_opt=None, log_se=None, loss_min=None,
                        note=f"{np.unique(n).size} sizes: a parabola needs {MIN_SIZES}")
     vertex = parabola_vertex(np.log(n), np.log(loss), noise_sd=noise)
+    local = ""
+    best = int(np.argmin(loss))
+    if (vertex.clamped or not vertex.convex) and n.size > MIN_SIZES and 0 < best < n.size - 1:
+        # The lowest size has a neighbour on each side, yet one parabola through every size puts its vertex
+        # outside them: the profile is lopsided (far from the minimum, a data-starved size rises much faster
+        # than a parameter-starved one falls). The minimum is then read off the best size and its two
+        # neighbours alone — a departure from Chinchilla's parabola through every size, said in the note.
+        window = slice(best - 1, best + 2)
+        vertex = parabola_vertex(np.log(n[window]), np.log(loss[window]), noise_sd=noise)
+        local = f" (a parabola through the best size and its neighbours: all {n.size} sizes are lopsided)"
     if not vertex.convex:
         return Profile(**base, params_opt=None, log_se=None, loss_min=None, note="not convex: no minimum")
     if vertex.clamped:
@@ -66,7 +79,7 @@ def profile(flops: float, params: list[float], losses: list[float], noise: float
         return Profile(**base, params_opt=None, log_se=None, loss_min=None,
                        note=f"the minimum lies beyond the {side} size tried")
     return Profile(**base, params_opt=math.exp(vertex.x), log_se=vertex.se, loss_min=math.exp(vertex.y),
-                   note=f"minimum at {math.exp(vertex.x):.3g} params (±{vertex.se:.2f} in log)")
+                   note=f"minimum at {math.exp(vertex.x):.3g} params (±{vertex.se:.2f} in log){local}")
 
 
 def profiles_by_level(levels: list[int], flops: list[float], params: list[float], losses: list[float],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,7 @@ from flopwise.kube import jobs
 
 CampaignKey = tuple[str, str]  # (namespace, name)
 MESSAGE_LIMIT = 4 * 4096  # a termination message is at most 4096 bytes; keep a margin, never more
+TOMBSTONE_S = 3600.0  # how long the last state of a deleted Pod whose trainer failed is kept
 
 
 def get_path(obj: Any, *path: str) -> Any:
@@ -37,26 +39,41 @@ def _annotations(body: Mapping[str, Any]) -> dict[str, str]:
 
 
 def compact_job(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The Job as `executor.observe_run` reads it: name, annotations, conditions."""
-    conditions = [{"type": c.get("type"), "status": c.get("status")}
+    """The Job as `executor.observe_run` reads it: name, annotations, suspension, conditions (with their reason:
+    DeadlineExceeded is a cut, not a failure of the run)."""
+    conditions = [{"type": c.get("type"), "status": c.get("status"), "reason": c.get("reason")}
                   for c in get_path(body, "status", "conditions") or []]
-    return {"metadata": {"name": get_path(body, "metadata", "name"), "annotations": _annotations(body)},
-            "status": {"conditions": conditions}}
+    job = {"metadata": {"name": get_path(body, "metadata", "name"), "uid": get_path(body, "metadata", "uid"),
+                        "annotations": _annotations(body)},
+           "status": {"conditions": conditions}}
+    if get_path(body, "spec", "suspend") is True:
+        job["spec"] = {"suspend": True}
+    return job
 
 
 def compact_pod(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The Pod as `executor.observe_run` reads it: annotations, phase, each container's terminated state."""
+    """The Pod as `executor.observe_run` reads it: annotations, whether it is being deleted, phase, start time,
+    each container's running start or terminated state (the GPU time it held, and its result)."""
     statuses = []
     for status in get_path(body, "status", "containerStatuses") or []:
         terminated = get_path(status, "state", "terminated")
-        state = {}
+        running = get_path(status, "state", "running")
+        state: dict[str, Any] = {}
         if terminated:
             state = {"terminated": {"exitCode": terminated.get("exitCode"),
-                                    "message": (terminated.get("message") or "")[:MESSAGE_LIMIT]}}
-        statuses.append({"name": status.get("name"), "state": state})
-    return {"metadata": {"uid": get_path(body, "metadata", "uid"), "annotations": _annotations(body),
-                         "deletionTimestamp": get_path(body, "metadata", "deletionTimestamp")},
-            "status": {"phase": get_path(body, "status", "phase"), "containerStatuses": statuses}}
+                                    "message": (terminated.get("message") or "")[:MESSAGE_LIMIT],
+                                    "startedAt": terminated.get("startedAt"),
+                                    "finishedAt": terminated.get("finishedAt")}}
+        elif running:
+            state = {"running": {"startedAt": running.get("startedAt")}}
+        statuses.append({"name": status.get("name"), "state": state, "imageID": status.get("imageID") or ""})
+    meta = {"uid": get_path(body, "metadata", "uid"), "annotations": _annotations(body),
+            "labels": {"controller-uid": (get_path(body, "metadata", "labels") or {}).get("controller-uid")}}
+    if get_path(body, "metadata", "deletionTimestamp"):
+        meta["deletionTimestamp"] = get_path(body, "metadata", "deletionTimestamp")
+    return {"metadata": meta,
+            "status": {"phase": get_path(body, "status", "phase"), "startTime": get_path(body, "status", "startTime"),
+                       "containerStatuses": statuses}}
 
 
 class RunCache:
@@ -68,6 +85,9 @@ class RunCache:
         # campaign uid → run id → Job; campaign uid → run id → Pod uid → Pod
         self._jobs: dict[str, dict[str, dict[str, Any]]] = {}
         self._pods: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+        # campaign uid → run id → Pod uid → (when deleted, its last state): a Pod deleted after its trainer failed
+        # (a deadline, a preemption: the trainer's SIGTERM report says how far it got) outlives its deletion here
+        self._tombstones: dict[str, dict[str, dict[str, tuple[float, dict[str, Any]]]]] = {}
 
     # -------------------------------------------------------------------------------------------- campaigns
     def put_campaign(self, body: Mapping[str, Any], *, owned: bool = False) -> dict[str, Any]:
@@ -96,6 +116,7 @@ class RunCache:
                 uid = body["metadata"].get("uid")
                 self._jobs.pop(uid, None)
                 self._pods.pop(uid, None)
+                self._tombstones.pop(uid, None)
 
     def campaign_keys(self) -> list[CampaignKey]:
         with self._lock:
@@ -129,6 +150,14 @@ class RunCache:
         with self._lock:
             pods = self._pods.setdefault(uid, {}).setdefault(run_id, {})
             if deleted:
+                if _failed_report(pod):
+                    now = time.monotonic()
+                    graves = self._tombstones.setdefault(uid, {})
+                    graves.setdefault(run_id, {})[pod_uid] = (now, pod)
+                    for run in list(graves):
+                        graves[run] = {k: v for k, v in graves[run].items() if now - v[0] < TOMBSTONE_S}
+                        if not graves[run]:
+                            del graves[run]
                 return pods.pop(pod_uid, None) is not None
             held = pods.get(pod_uid)
             pods[pod_uid] = pod
@@ -140,6 +169,24 @@ class RunCache:
             found_jobs = dict(self._jobs.get(campaign_uid, {}))
             found_pods = {run: list(pods.values()) for run, pods in self._pods.get(campaign_uid, {}).items() if pods}
         return found_jobs, found_pods
+
+    def tombstones_of(self, campaign_uid: str) -> dict[str, list[dict[str, Any]]]:
+        """run id → the last state of its deleted Pods whose trainer failed (marked deleted)."""
+        with self._lock:
+            graves = self._tombstones.get(campaign_uid, {})
+            return {run: [_buried(pod) for _, pod in pods.values()] for run, pods in graves.items()}
+
+
+def _failed_report(pod: dict[str, Any]) -> bool:
+    statuses = get_path(pod, "status", "containerStatuses") or []
+    return any(get_path(c, "state", "terminated", "exitCode") not in (None, 0) and
+               get_path(c, "state", "terminated", "message") for c in statuses)
+
+
+def _buried(pod: dict[str, Any]) -> dict[str, Any]:
+    meta = dict(pod["metadata"])
+    meta.setdefault("deletionTimestamp", "deleted")
+    return {**pod, "metadata": meta}
 
 
 def _owner(obj: dict[str, Any]) -> tuple[str | None, str | None]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import time
 from typing import Any
 
 from flopwise.api.spec import GROUP, KIND, VERSION, TrainingCampaignSpec
@@ -18,6 +19,7 @@ from flopwise.api.status import RunRecord
 from flopwise.contract import RunSpec
 
 NAME_LIMIT = 63  # DNS-1123 label: a Job's name becomes its Pods' `job-name` label value
+INDEXED_NAME_LIMIT = 52  # an Indexed Job's Pods are named <job>-<index>-<5 random> (Kubernetes PR #101292)
 LABEL_LIMIT = 63
 
 LABEL_NAME = "app.kubernetes.io/name"
@@ -27,6 +29,7 @@ LABEL_CAMPAIGN = f"{GROUP}/campaign"
 LABEL_PHASE = f"{GROUP}/phase"
 LABEL_RUN = f"{GROUP}/run"
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+LABEL_KUEUE_PRIORITY = "kueue.x-k8s.io/priority-class"
 ANNOTATION_RUN_ID = f"{GROUP}/run-id"  # the exact run id (label values are sanitised)
 ANNOTATION_CAMPAIGN = f"{GROUP}/campaign-name"
 ANNOTATION_CAMPAIGN_UID = f"{GROUP}/campaign-uid"
@@ -43,10 +46,16 @@ OUTPUT_ROOT = "/out"
 TERMINATION_LOG = "/dev/termination-log"
 
 INDEXED_JOBS_SINCE = (1, 22)  # Indexed Jobs (beta, on by default) and their stable Pod hostnames
+JOB_SUSPEND_SINCE = (1, 22)  # Job spec.suspend on by default (alpha behind a gate in 1.21; 1.20 prunes the field)
+POD_FAILURE_POLICY_SINCE = (1, 26)  # Job podFailurePolicy on by default (beta)
+TRAINER_EXIT_CODES = [1, 2]  # flopwise-train: 1 failed, 2 diverged (0 succeeded)
+GPU_RESOURCE = "nvidia.com/gpu"
+SHM_PER_GPU_GI = 8
+CPU_SHM = "1Gi"
+OWN_LABEL_PREFIXES = ("app.kubernetes.io/", f"{GROUP}/", "kueue.x-k8s.io/", "batch.kubernetes.io/")
+OWN_LABELS = {"job-name", "controller-uid"}
 RENDEZVOUS_PORT = 29500
 COMPLETION_INDEX = "JOB_COMPLETION_INDEX"
-DEADLINE_SLACK = 2.0  # activeDeadlineSeconds = reserved wall time × this (≥ 1.5: MFU estimates are rough)
-MIN_DEADLINE_S = 600
 RUN_AS_USER = 10001  # the user both images create (trainer_image/Dockerfile, operator/Dockerfile)
 
 _INVALID_NAME = re.compile(r"[^a-z0-9-]+")
@@ -83,8 +92,10 @@ def label_value(value: str, limit: int = LABEL_LIMIT) -> str:
     return f"{head}-{suffix}" if head else suffix
 
 
-def job_name(campaign: str, run_id: str) -> str:
-    return dns_name(campaign, run_id)
+def job_name(campaign: str, run_id: str, spec: TrainingCampaignSpec | None = None) -> str:
+    """Deterministic in (campaign, run id); at most 52 characters for a multi-node (Indexed) run's Job."""
+    indexed = spec is not None and is_gpu(spec) and spec.gpu_pool.nodes_per_run > 1
+    return dns_name(campaign, run_id, limit=INDEXED_NAME_LIMIT if indexed else NAME_LIMIT)
 
 
 def config_map_name(campaign: str, run_id: str) -> str:
@@ -100,12 +111,23 @@ def owner_reference(campaign: str, uid: str) -> dict[str, Any]:
             "controller": True, "blockOwnerDeletion": True}
 
 
-def labels_for(campaign: str, record: RunRecord, spec: TrainingCampaignSpec | None = None) -> dict[str, str]:
-    labels = {LABEL_NAME: TRAINER_NAME, LABEL_MANAGED_BY: MANAGED_BY, LABEL_PART_OF: MANAGED_BY,
+def inherited_labels(campaign_labels: dict[str, str] | None) -> dict[str, str]:
+    """The campaign's own labels (team, cost centre…) that its Jobs and Pods carry for cost attribution: all but
+    the keys flopwise, Kubernetes and Kueue own."""
+    return {k: v for k, v in (campaign_labels or {}).items()
+            if not k.startswith(OWN_LABEL_PREFIXES) and k not in OWN_LABELS}
+
+
+def labels_for(campaign: str, record: RunRecord, spec: TrainingCampaignSpec | None = None,
+               campaign_labels: dict[str, str] | None = None) -> dict[str, str]:
+    labels = {**inherited_labels(campaign_labels),
+              LABEL_NAME: TRAINER_NAME, LABEL_MANAGED_BY: MANAGED_BY, LABEL_PART_OF: MANAGED_BY,
               LABEL_CAMPAIGN: label_value(campaign), LABEL_PHASE: label_value(record.role),
               LABEL_RUN: label_value(record.run_id)}
     if spec is not None and spec.gpu_pool.queue_name:
         labels[LABEL_KUEUE_QUEUE] = label_value(spec.gpu_pool.queue_name)
+    if spec is not None and spec.gpu_pool.priority_class:
+        labels[LABEL_KUEUE_PRIORITY] = label_value(spec.gpu_pool.priority_class)
     return labels
 
 
@@ -129,10 +151,28 @@ def output_dir(run_id: str) -> str:
     return f"{OUTPUT_ROOT}/{run_id}"
 
 
-def active_deadline_seconds(record: RunRecord, spec: TrainingCampaignSpec) -> int:
-    """The run's reserved wall time (reserved GPU-hours over its GPUs) with slack, at least 10 minutes."""
-    hours = record.reserved.gpu_hours / max(1, spec.gpu_pool.gpus_per_run)
-    return max(MIN_DEADLINE_S, math.ceil(hours * 3600.0 * DEADLINE_SLACK))
+def used_gpu_seconds(record: RunRecord, spec: TrainingCampaignSpec, now: float | None = None,
+                     since: float | None = None) -> float:
+    """GPU time the run's Pods have held, or may still hold: a Pod still running or stopping counts until now plus
+    its grace period (its worst case). ``since``: only Pods that started before it (earlier admissions of a Job
+    whose deadline clock restarted then)."""
+    now = time.time() if now is None else now
+    grace = spec.trainer.termination_grace_period_seconds
+    return sum(p.gpus * max(0.0, (p.finished_at if p.finished_at is not None else now + grace) - p.started_at)
+               for p in record.pods if since is None or p.started_at < since)
+
+
+def active_deadline_seconds(record: RunRecord, spec: TrainingCampaignSpec, now: float | None = None,
+                            since: float | None = None) -> int:
+    """What is left of the run's reservation as wall time on its GPUs, less the grace period its Pods get after
+    the deadline: deadline + grace never exceeds the reservation (its compute at the expected MFU plus
+    ``gpuPool.startupSlackSeconds`` plus the grace), so no Pod holds its GPUs longer than the ledger reserved.
+    A run preempted, suspended or relaunched has used part of it already (``used_gpu_seconds``; ``since``: the
+    running Job's own start, whose Pods the deadline itself bounds). The Job's clock starts before its Pod's
+    (scheduling), which only errs on the safe side. At least 1 s."""
+    gpus = max(1, spec.gpu_pool.gpus_per_run)
+    left = (record.reserved.gpu_hours * 3600.0 - used_gpu_seconds(record, spec, now, since)) / gpus
+    return max(1, math.floor(left - spec.trainer.termination_grace_period_seconds))
 
 
 def rendezvous_service_name(campaign: str, run_id: str) -> str:
@@ -140,7 +180,8 @@ def rendezvous_service_name(campaign: str, run_id: str) -> str:
     return dns_name("rdzv", campaign, run_id)
 
 
-def rendezvous_service(campaign: str, uid: str, namespace: str, record: RunRecord) -> dict[str, Any]:
+def rendezvous_service(campaign: str, uid: str, namespace: str, record: RunRecord,
+                       spec: TrainingCampaignSpec | None = None) -> dict[str, Any]:
     """Headless, publishing not-ready addresses: node 0's Pod must resolve before it is ready."""
     return {
         "apiVersion": "v1", "kind": "Service",
@@ -148,7 +189,7 @@ def rendezvous_service(campaign: str, uid: str, namespace: str, record: RunRecor
                      "labels": labels_for(campaign, record), "annotations": annotations_for(campaign, uid, record),
                      "ownerReferences": [owner_reference(campaign, uid)]},
         "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
-                 "selector": {"job-name": job_name(campaign, record.run_id)},
+                 "selector": {"job-name": job_name(campaign, record.run_id, spec)},
                  "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT}]},
     }
 
@@ -171,20 +212,54 @@ def command_for(spec: TrainingCampaignSpec, rendezvous: str | None = None) -> tu
     return ["flopwise-train", SPEC_PATH], list(trainer.args)
 
 
+def gpus_per_pod(spec: TrainingCampaignSpec) -> int:
+    return spec.gpu_pool.gpus_per_run // spec.gpu_pool.nodes_per_run if is_gpu(spec) else 0
+
+
+def scaled_quantity(quantity: str, factor: int) -> str:
+    """``quantity`` × ``factor`` in the same unit ("64Gi" × 8 = "512Gi", "500m" × 2 = "1000m")."""
+    match = re.match(r"^([0-9]*\.?[0-9]+)(.*)$", quantity)
+    if match is None:
+        return quantity
+    value = float(match.group(1)) * factor
+    number = str(int(value)) if value == int(value) else f"{value:g}"
+    return number + match.group(2)
+
+
 def resources_for(spec: TrainingCampaignSpec) -> dict[str, dict[str, str]]:
+    """The trainer's resources. A GPU pool's Pod gets exactly its share of gpusPerRun (what the ledger charges) and,
+    unless a request or limit is given, CPU and memory requests per GPU (so it is never BestEffort)."""
     requests = dict(spec.trainer.resources.requests)
     limits = dict(spec.trainer.resources.limits)
     if is_gpu(spec):  # the ledger charges gpusPerRun GPUs: the pods get exactly that many between them
-        gpus = str(spec.gpu_pool.gpus_per_run // spec.gpu_pool.nodes_per_run)
-        limits["nvidia.com/gpu"] = gpus
-        if "nvidia.com/gpu" in requests:
-            requests["nvidia.com/gpu"] = gpus
+        gpus = gpus_per_pod(spec)
+        limits[GPU_RESOURCE] = str(gpus)
+        if GPU_RESOURCE in requests:
+            requests[GPU_RESOURCE] = str(gpus)
+        for name, per_gpu in (("cpu", spec.trainer.cpu_per_gpu), ("memory", spec.trainer.memory_per_gpu)):
+            if name not in requests and name not in limits:  # a limit alone is the request (Kubernetes' default)
+                requests[name] = scaled_quantity(per_gpu, gpus)
     out: dict[str, dict[str, str]] = {}
     if requests:
         out["requests"] = requests
     if limits:
         out["limits"] = limits
     return out
+
+
+def shm_size(spec: TrainingCampaignSpec) -> str:
+    if spec.trainer.shm_size:
+        return spec.trainer.shm_size
+    return f"{SHM_PER_GPU_GI * gpus_per_pod(spec)}Gi" if is_gpu(spec) else CPU_SHM
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    """Kubernetes ≥ 1.26: a disrupted Pod (preemption, eviction, node drain: condition DisruptionTarget) is not a
+    failure, the Job makes another (it resumes the checkpoint); the trainer's own failure exit codes fail the
+    Job at once (the engine decides retries, and charges them)."""
+    return {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                      {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                                                            "values": TRAINER_EXIT_CODES}}]}
 
 
 def run_config_map(campaign: str, uid: str, namespace: str, record: RunRecord, run_spec: RunSpec,
@@ -198,9 +273,13 @@ def run_config_map(campaign: str, uid: str, namespace: str, record: RunRecord, r
     }
 
 
-def run_job(campaign: str, uid: str, namespace: str, record: RunRecord, spec: TrainingCampaignSpec) -> dict[str, Any]:
-    name = job_name(campaign, record.run_id)
-    labels = labels_for(campaign, record, spec)
+def run_job(campaign: str, uid: str, namespace: str, record: RunRecord, spec: TrainingCampaignSpec,
+            now: float | None = None, *, server: tuple[int, int] | None = None,
+            campaign_labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """The Job of one run. ``server``: the API server's (major, minor), for fields only newer ones have (a
+    podFailurePolicy from 1.26); ``campaign_labels``: the campaign's labels, carried to the Job and its Pods."""
+    name = job_name(campaign, record.run_id, spec)
+    labels = labels_for(campaign, record, spec, campaign_labels)
     annotations = annotations_for(campaign, uid, record)
     nodes = spec.gpu_pool.nodes_per_run if is_gpu(spec) else 1
     service = rendezvous_service_name(campaign, record.run_id) if nodes > 1 else None
@@ -213,11 +292,14 @@ def run_job(campaign: str, uid: str, namespace: str, record: RunRecord, spec: Tr
         {"name": "output", "persistentVolumeClaim": {"claimName": spec.trainer.output_claim_name}}
         if spec.trainer.output_claim_name else {"name": "output", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {}},
+        # NCCL and data loaders use shared memory; a container gets 64 MiB of it by default
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size(spec)}},
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "run-spec", "mountPath": SPEC_DIR, "readOnly": True},
         {"name": "output", "mountPath": OUTPUT_ROOT, **({"subPath": uid} if spec.trainer.output_claim_name else {})},
         {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
     ]
     if spec.dataset.claim_name:
         path = spec.dataset.path
@@ -251,10 +333,14 @@ def run_job(campaign: str, uid: str, namespace: str, record: RunRecord, spec: Tr
         container["resources"] = resources
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        # the trainer checkpoints on SIGTERM (deadline, preemption, suspension): the ledger reserves this too
+        "terminationGracePeriodSeconds": spec.trainer.termination_grace_period_seconds,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
+        # OnRootMismatch: the output claim is not chowned file by file at every start
         "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER,
-                            "fsGroup": RUN_AS_USER, "seccompProfile": {"type": "RuntimeDefault"}},
+                            "fsGroup": RUN_AS_USER, "fsGroupChangePolicy": "OnRootMismatch",
+                            "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
         "volumes": volumes,
     }
@@ -262,12 +348,22 @@ def run_job(campaign: str, uid: str, namespace: str, record: RunRecord, spec: Tr
         pod_spec["nodeSelector"] = dict(spec.gpu_pool.node_selector)
     if spec.gpu_pool.tolerations:
         pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.gpu_pool.tolerations]
+    template: dict[str, Any] = {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec}
+    if spec.trainer.pod_template:  # the user's overlay; flopwise's labels, annotations and security win
+        from flopwise.api.podtemplate import merge
+
+        template = merge(template, spec.trainer.pod_template)
+        template["metadata"]["labels"].update(labels)
+        template["metadata"]["annotations"].update(annotations)
+        pod_spec = template["spec"]
     job_spec: dict[str, Any] = {
         "backoffLimit": 0,  # the engine decides retries, and charges them
         "completions": nodes, "parallelism": nodes,
-        "activeDeadlineSeconds": active_deadline_seconds(record, spec),
-        "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec},
+        "activeDeadlineSeconds": active_deadline_seconds(record, spec, now),
+        "template": template,
     }
+    if server is not None and server >= POD_FAILURE_POLICY_SINCE:
+        job_spec["podFailurePolicy"] = pod_failure_policy()
     if service:
         job_spec["completionMode"] = "Indexed"
         pod_spec["subdomain"] = service

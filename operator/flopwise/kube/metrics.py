@@ -47,7 +47,7 @@ from flopwise.api.status import Phase, TrainingCampaignStatus
 # `_created` series double every counter and histogram and Prometheus 2.x ignores them in the text format.
 disable_created_metrics()
 
-RUN_STATES = ("pending", "running", "succeeded", "failed", "lost")
+RUN_STATES = ("pending", "running", "queued", "suspended", "succeeded", "failed", "lost")
 PHASES: tuple[str, ...] = typing.get_args(Phase)
 CONDITION_STATUSES = ("true", "false", "unknown")
 LABELS = ("namespace", "campaign")
@@ -170,8 +170,8 @@ GAUGES: list[tuple[str, str, Callable[[TrainingCampaignStatus], float | None]]] 
     ("flopwise_weighted_mfu_ratio", "FLOP-weighted MFU of finished runs against the pool's peak (what the dollar "
      "forecast follows).", lambda s: s.measured_mfu),
     ("flopwise_planned_mfu_ratio", "MFU the plan assumed.", lambda s: s.plan.mfu if s.plan else None),
-    ("flopwise_lr_transfer_holds", "1 when Round 1's best LR agrees across proxy widths within one grid step, 0 "
-     "when it drifts (then extrapolated); absent until checked.", _transfer_holds),
+    ("flopwise_lr_transfer_holds", "1 when Round 1's best LR does not move with proxy width (the exponent's 95% "
+     "interval holds 0), 0 when it does (then extrapolated); absent until checked.", _transfer_holds),
     *[(f"flopwise_target_learning_rate{suffix}", "Learning rate for the target size (transferred or extrapolated)"
        + (f", {which} bound of its 95% interval." if which else "."), _transfer(field))
       for suffix, which, field in (("", "", "learning_rate"), ("_ci_low", "lower", "lr_low"),

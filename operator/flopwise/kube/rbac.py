@@ -17,11 +17,15 @@ def operator_rules() -> list[dict[str, Any]]:
         {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["patch"]},
         # owner references with blockOwnerDeletion need this where OwnerReferencesPermissionEnforcement is on
         {"apiGroups": [GROUP], "resources": [f"{PLURAL}/finalizers"], "verbs": ["update"]},
-        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list", "watch", "create", "delete"]},
+        # Jobs: created per run; deleted when a run is cancelled; patched to suspend or resume one (spec.suspend)
+        # and to lower a preempted one's deadline, read first to see which
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch",
+                                                                  "delete"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
-        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "create"]},
-        # rendezvous Services of multi-node (Indexed Job) runs
-        {"apiGroups": [""], "resources": ["services"], "verbs": ["create"]},
+        # ConfigMaps (a run's RunSpec; one an earlier attempt left is replaced) and rendezvous Services of multi-node
+        # (Indexed Job) runs: deleted by spec.cleanup once the run's result is in the status
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "create", "update", "delete"]},
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "delete"]},
         {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
     ]
 

@@ -8,9 +8,12 @@ is the part that talks to the API server about one campaign.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,9 +21,10 @@ from pydantic import ValidationError
 
 from flopwise.api.load import describe
 from flopwise.api.spec import GROUP, PLURAL, VERSION, TrainingCampaignSpec
-from flopwise.api.status import Condition, TrainingCampaignStatus
+from flopwise.api.status import LIVE_STATES, Condition, RunRecord, TrainingCampaignStatus
+from flopwise.api.stored import stored_planned_run, stored_record
 from flopwise.engine import ledger
-from flopwise.engine.machine import EngineOptions, campaign_seed, iso_time, reconcile
+from flopwise.engine.machine import Decision, EngineOptions, campaign_seed, iso_time, reconcile
 from flopwise.engine.runspec import run_spec_for
 from flopwise.kube import jobs
 from flopwise.kube.cache import CampaignKey, RunCache
@@ -31,12 +35,14 @@ log = logging.getLogger("flopwise.operator")
 
 CONFLICT_RETRIES = 3
 TERMINAL = ("Succeeded", "Failed")
+FINISHED_RUNS = ("Succeeded", "Failed", "Lost")
 
 
 def is_active(body: dict[str, Any]) -> bool:
-    """Is there anything to observe or decide: not finished, a run still running, or a spec edit not yet seen."""
+    """Is there anything to observe or decide: not finished, a run still live (running, queued, suspended), or a
+    spec edit not yet seen."""
     status = body.get("status") or {}
-    running = any(r.get("state") == "Running" for r in status.get("runs") or [])
+    running = any(r.get("state") in LIVE_STATES for r in status.get("runs") or [])
     generation = body["metadata"].get("generation")
     return status.get("phase") not in TERMINAL or running or status.get("observedGeneration") != generation
 
@@ -56,6 +62,7 @@ class Settings:
     kubeconfig: str | None = None
     scanning: bool = True  # kopf watches CRDs and namespaces (cluster-wide RBAC); off for plain --namespace lists
     workers: int = 8  # reconcile threads (API calls are I/O: a few suffice; one campaign never runs on two)
+    fit_workers: int = 0  # processes that fit (kube/fitpool.py); 0: fits run inline, on the reconcile thread
     leader_election: tuple[str, str] | None = None  # (namespace, Lease name) when replicas elect a leader
 
 
@@ -70,11 +77,35 @@ def _drop_empty(value: Any) -> Any:
     return value
 
 
+def _compact(model: Any, keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One list item (a run record, a planned run) without the fields at their defaults, ``keep`` excepted."""
+    document = model.model_dump(by_alias=True, mode="json", exclude_none=True, exclude_defaults=True)
+    for name in keep:
+        document[name] = getattr(model, name)
+    return document
+
+
 def status_document(status: TrainingCampaignStatus) -> dict[str, Any]:
     """The status as stored: camelCase JSON without None and without empty strings (they are the models'
     defaults; kube-apiserver 1.20 as built here reads an empty string in a custom-resource merge patch as null
-    and then rejects it against the string schema)."""
-    return _drop_empty(status.model_dump(by_alias=True, mode="json", exclude_none=True))
+    and then rejects it against the string schema). The run records and planned runs, most of the object, leave out
+    their fields at defaults (a zero attempt, no pods, no checkpoints), a record what its planned run says, and a
+    planned run what its shape gives (api/stored.py): a status write costs the API server about 11 ms of CPU plus
+    1.4 ms per KB of the whole object, and a merge patch resends a list whole. Their `state` stays, for `is_active`
+    and for people reading the raw object. Parsing restores every default and everything left out, so the stored
+    form reads back as the same status (tests/test_status_size.py)."""
+    phases = status.plan.phases() if status.plan is not None else {}
+    document = status.model_dump(by_alias=True, mode="json", exclude_none=True,  # the lists once, compact, below
+                                 exclude={"runs": True, "plan": {phase: {"runs"} for phase in phases}})
+    planned_runs: dict[str, dict[str, Any]] = {}
+    for phase, planned in phases.items():
+        compact = [_compact(run) for run in planned.runs]
+        planned_runs.update((run["runId"], run) for run in compact)
+        document["plan"][phase]["runs"] = [
+            stored_planned_run(run, status.plan.peak_flops_per_gpu, status.plan.mfu) for run in compact]
+    document["runs"] = [stored_record(_compact(record, keep=("state",)), planned_runs.get(record.planned_id))
+                        for record in status.runs]
+    return _drop_empty(document)
 
 
 def merge_patch(old: Any, new: Any) -> Any:
@@ -104,11 +135,14 @@ class Reconciler:
         self._verify: set[CampaignKey] = set()  # observe by listing next time (the periodic resync)
         self._deferred: dict[CampaignKey, tuple[Any, ...]] = {}  # a new campaign's launches after its first
         self._unpersisted: dict[CampaignKey, tuple[Any, ...]] = {}  # (inputs, decision) of a pass not yet written
-        self._indexed: bool | None = None
+        self._version: tuple[int, int] | None = None
         self._server = "unknown"
-        # asks for another pass: set by the work queue's owner (handlers.py)
+        # asks for another pass (now, or after a delay): set by the work queue's owner (handlers.py)
         self.requeue: Callable[[CampaignKey], None] = lambda _key: None
+        self.requeue_after: Callable[[CampaignKey, float], None] = lambda _key, _delay: None
         self.events = EventPoster()
+        self.fits: Callable[[Any], Any] | None = None  # the fit pool, when fits run off the GIL (handlers.py)
+        self._side: concurrent.futures.ThreadPoolExecutor | None = None  # writes beside a status write
 
     def apis(self) -> tuple[Any, Any, Any]:
         if self._api is None:
@@ -119,9 +153,11 @@ class Reconciler:
             except config.ConfigException:
                 config.load_kube_config(config_file=SETTINGS.kubeconfig)
             configuration = client.Configuration.get_default_copy()
-            # one connection per worker (and the event poster), or workers queue for the client's pool
+            # a connection per worker (as many again for new campaigns' first passes), per write beside a first
+            # pass's status write and per event poster thread, or the client's pool discards connections (a TLS
+            # handshake for each one opened again)
             configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0,
-                                                        SETTINGS.workers + 2)
+                                                        4 * SETTINGS.workers + 2)
             api_client = client.ApiClient(configuration)
             self._api = (client.CustomObjectsApi(api_client), client.CoreV1Api(api_client),
                          client.BatchV1Api(api_client))
@@ -204,6 +240,7 @@ class Reconciler:
             log.error("campaign %s/%s: unreadable status, leaving it alone: %s", namespace, name, error)
             return None
         if not is_active(body):
+            self._cleanup(key, meta, spec, status, core, batch)  # finished runs' Jobs whose time has come
             return status  # finished and nothing changed: nothing to observe
         if jobs.is_gpu(spec) and spec.gpu_pool.nodes_per_run > 1 and not self.indexed_jobs():
             self._multi_node_unavailable(body, custom, spec, generation)
@@ -214,7 +251,9 @@ class Reconciler:
         verify = key in self._verify
         self._verify.discard(key)
         executor = KubernetesExecutor(core, batch, namespace=namespace, campaign=name, uid=uid, spec=spec,
-                                      rejected=rejected, forbidden=forbidden, cache=None if verify else self.cache)
+                                      rejected=rejected, forbidden=forbidden, cache=self.cache,
+                                      trust_cache=not verify, server=self.server_version(),
+                                      campaign_labels=meta.get("labels"))
         observations = executor.observe(status.runs)
         # The same campaign version and observations as a pass that failed to persist (API server away):
         # reuse its decision rather than fit again on every back-off retry.
@@ -224,39 +263,132 @@ class Reconciler:
             decision = held[1]
         else:
             decision = reconcile(spec, status, observations, now=time.time(), generation=generation,
-                                 seed=campaign_seed(name), options=SETTINGS.options)
+                                 seed=campaign_seed(name), options=self._options(namespace, name),
+                                 owned=True)
         self._unpersisted[key] = (signature, decision)
         new = decision.status
         self._budget_condition(new, refused, generation)
         self._spec_valid_again(new, generation, permitted=not decision.launches)
         document = status_document(new)
-        if document != old or decision.launches:
+        launches = decision.launches
+        first = launches[0] if launches and not old.get("plan") else None  # a new campaign's: see _write_while
+        if document != old or launches:
             # Persist first (a 409 means someone wrote meanwhile: nothing was launched, start over).
-            self._persist(custom, body, merge_patch(old, document))
+            with self._write_while(executor, first, spec, new):
+                self._persist(custom, body, merge_patch(old, document))
             # Our own write's watch echo is not news, so look once more ourselves: a pass that changed something
             # may enable the next step (a refused Job, say, produces no event at all).
             self.requeue(key)
         self._unpersisted.pop(key, None)  # persisted: a later pass starts from the new status
-        launches = decision.launches
-        if not old.get("plan") and len(launches) > 1:
+        if first is not None and len(launches) > 1:
             # A new campaign: its first Job now, the rest on its next pass (queued behind every other new
             # campaign's first pass), so a burst of applies each sees a Job within moments. Safe at any crash:
             # runs persisted Running without a Job are observed absent and launched.
             launches, self._deferred[key] = launches[:1], (executor, launches[1:], spec, new)
-        decision.events += self._launch(executor, launches, spec, new)
+        decision.events += self._launch(executor, launches, spec, new, config_map_written=first)
+        self._stop_and_resume(executor, decision, spec, new)
+        self._cleanup(key, meta, spec, new, core, batch, executor)
         self.events.post(core, body["metadata"], decision.events)
         return new
 
+    def _cleanup(self, key: CampaignKey, meta: dict[str, Any], spec: TrainingCampaignSpec,
+                 status: TrainingCampaignStatus, core: Any, batch: Any,
+                 executor: KubernetesExecutor | None = None) -> None:
+        """spec.cleanup: a finished run's Job (its Pods by propagation) and ConfigMap are deleted once its result is
+        in the persisted status and ttlSecondsAfterFinished has passed; the campaign is looked at again when the
+        next one is due. Only runs whose Job the watch still holds: nothing is listed, nothing deleted twice."""
+        ttl = spec.cleanup.ttl_seconds_after_finished
+        if ttl is None or status.plan is None:
+            return
+        held, _ = self.cache.runs_of(meta["uid"])
+        now, next_due = time.time(), None
+        for record in status.runs:
+            if record.run_id not in held or record.state not in FINISHED_RUNS:
+                continue
+            if spec.cleanup.keep_failed and record.state != "Succeeded":
+                continue
+            due = (record.finished_at or now) + ttl
+            if due > now:
+                next_due = due if next_due is None else min(next_due, due)
+                continue
+            if executor is None:
+                executor = KubernetesExecutor(core, batch, namespace=meta["namespace"], campaign=meta["name"],
+                                              uid=meta["uid"], spec=spec, cache=self.cache)
+            executor.remove(record.run_id)
+        if next_due is not None:
+            self.requeue_after(key, next_due - now + 0.5)
+
+    def _stop_and_resume(self, executor: KubernetesExecutor, decision: Decision, spec: TrainingCampaignSpec,
+                         status: TrainingCampaignStatus) -> None:
+        """What the engine decided besides launches, after the status that says so is persisted: cancelled runs'
+        Jobs deleted, suspended ones suspended (or deleted where the server cannot), resumed ones resumed (or
+        created again), preempted ones' deadlines lowered to what is left of their reservations."""
+        for run_id in decision.cancels:
+            executor.cancel(run_id)
+        if decision.suspends:
+            suspends = self.job_suspend()
+            for run_id in decision.suspends:
+                executor.suspend(run_id, server_suspends=suspends)
+        for record in decision.resumes:
+            assert status.plan is not None
+            executor.resume(record, run_spec_for(record, spec, status.plan, campaign=executor.campaign,
+                                                 data_path=jobs.data_path(spec),
+                                                 output_dir=jobs.output_dir(record.run_id)))
+        for record in decision.rearms:
+            executor.rearm(record)
+
+    def _options(self, namespace: str, name: str) -> EngineOptions:
+        """The engine's options; with a fit pool its fits are asked of the pool on behalf of this campaign (a pass
+        never fits: a finished fit marks the campaign dirty)."""
+        pool = self.fits
+        if pool is None:
+            return SETTINGS.options
+        owner = f"{namespace}/{name}"
+        return dataclasses.replace(SETTINGS.options, fitter=lambda request: pool(dataclasses.replace(
+            request, owner=owner)))
+
+    @contextlib.contextmanager
+    def _write_while(self, executor: KubernetesExecutor, record: RunRecord | None,
+                     spec: TrainingCampaignSpec, status: TrainingCampaignStatus) -> Iterator[None]:
+        """The ConfigMap of ``record`` (None: nothing) written while the body of the ``with`` (the status write)
+        runs: a new campaign's first Job waits for one round trip to the API server after its status, not two (at 100
+        campaigns applied at once, the ConfigMap took 0.08-0.12 s of the first pass's 0.45 s). A ConfigMap is inert
+        until a Job mounts it: if the status write fails, it is deleted, and a later pass that records the run again
+        replaces it (KubernetesExecutor.write_config_map)."""
+        if record is None:
+            yield
+            return
+        if self._side is None:
+            self._side = concurrent.futures.ThreadPoolExecutor(max_workers=2 * SETTINGS.workers,
+                                                               thread_name_prefix="flopwise-configmap")
+        run_spec = self._run_spec(executor, record, spec, status)
+        written = self._side.submit(executor.write_config_map, record, run_spec)
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):
+                written.result()
+                executor.remove_config_map(record.run_id)
+            raise
+        written.result()
+
+    @staticmethod
+    def _run_spec(executor: KubernetesExecutor, record: Any, spec: TrainingCampaignSpec,
+                  status: TrainingCampaignStatus) -> Any:
+        assert status.plan is not None  # launches exist only once a plan does
+        return run_spec_for(record, spec, status.plan, campaign=executor.campaign, data_path=jobs.data_path(spec),
+                            output_dir=jobs.output_dir(record.run_id))
+
     def _launch(self, executor: KubernetesExecutor, records: list[Any], spec: TrainingCampaignSpec,
-                status: TrainingCampaignStatus) -> list[tuple[str, str]]:
-        """ConfigMap + Job per record (idempotent); the events of Jobs the API server refused."""
+                status: TrainingCampaignStatus, *,
+                config_map_written: RunRecord | None = None) -> list[tuple[str, str]]:
+        """ConfigMap + Job per record (idempotent); the events of Jobs the API server refused. The ConfigMap of
+        ``config_map_written`` (a record, or None) was written already (_write_while)."""
         events: list[tuple[str, str]] = []
         for record in records:
-            assert status.plan is not None  # launches exist only once a plan does
-            run_spec = run_spec_for(record, spec, status.plan, campaign=executor.campaign,
-                                    data_path=jobs.data_path(spec), output_dir=jobs.output_dir(record.run_id))
+            run_spec = self._run_spec(executor, record, spec, status)
             executor.rejected.pop(record.run_id, None)
-            executor.launch(record, run_spec)
+            executor.launch(record, run_spec, config_map_written=record is config_map_written)
             if record.run_id in executor.rejected:
                 events.append(("LaunchRejected", f"{record.run_id}: {executor.rejected[record.run_id]}"))
         return events
@@ -319,16 +451,24 @@ class Reconciler:
             log.warning("could not record the refusal on the campaign: %s", _reason(patch_error))
 
     # ------------------------------------------------------------------------------------------ helpers
-    def indexed_jobs(self) -> bool:
-        """Does this API server run Indexed Jobs (multi-node runs)? Asked once per operator process."""
-        if self._indexed is None:
+    def server_version(self) -> tuple[int, int]:
+        """The API server's (major, minor), asked once per operator process."""
+        if self._version is None:
             from kubernetes import client
 
+            self.apis()
             info = client.VersionApi().get_code()
-            version = (int(info.major.rstrip("+") or 0), int(info.minor.rstrip("+") or 0))
-            self._indexed = version >= jobs.INDEXED_JOBS_SINCE
+            self._version = (int(info.major.rstrip("+") or 0), int(info.minor.rstrip("+") or 0))
             self._server = f"{info.major}.{info.minor}"
-        return self._indexed
+        return self._version
+
+    def indexed_jobs(self) -> bool:
+        """Does this API server run Indexed Jobs (multi-node runs)?"""
+        return self.server_version() >= jobs.INDEXED_JOBS_SINCE
+
+    def job_suspend(self) -> bool:
+        """Does this API server have Job `spec.suspend` (1.20 prunes the field: there a suspension deletes)?"""
+        return self.server_version() >= jobs.JOB_SUSPEND_SINCE
 
     def _multi_node_unavailable(self, body: dict[str, Any], custom: Any, spec: TrainingCampaignSpec,
                                 generation: int | None) -> bool:

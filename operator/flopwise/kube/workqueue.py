@@ -3,7 +3,11 @@ worker threads reconcile dirty campaigns, one worker per campaign at a time.
 
 Why: a burst of Pod and Job events (a Job created, its Pod created, scheduled, finished, the Job completed) is
 one reconcile, not one per event; a campaign marked again while a worker holds it is served once more right
-after. New campaigns (nothing planned yet) go first, so a large backlog of finished runs never delays an apply.
+after. New campaigns (nothing planned yet) go first, so a large backlog of finished runs never delays an apply, and
+have threads of their own besides: a new campaign's first pass (a status write, a ConfigMap, a Job: 0.4 s under load)
+waits neither for a worker busy with a running campaign nor for the first passes of the campaigns applied with it
+beyond what the API server itself imposes (at 100 campaigns applied at once, 8 shared workers left it 0.6-1.9 s in the
+queue).
 A failed pass is retried with exponential back-off per campaign (1 s … 60 s), never in a tight loop.
 """
 
@@ -30,10 +34,12 @@ class WorkQueue:
                  gate: Callable[[], bool] = lambda: True, on_depth: Callable[[int], None] = lambda _n: None):
         self._handle, self._gate, self._on_depth = handle, gate, on_depth
         self._workers = workers
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)  # for every worker
+        self._urgent_cond = threading.Condition(lock)  # for the workers that serve URGENT keys only
         self._heap: list[tuple[int, int, Hashable]] = []  # (priority, order, key); stale entries skipped on pop
         self._queued: dict[Hashable, int] = {}  # key → priority it is queued with
-        self._active: set[Hashable] = set()
+        self._active: dict[Hashable, int] = {}  # key being served → the priority it was queued with
         self._again: dict[Hashable, int] = {}  # marked while a worker held it
         self._delayed: list[tuple[float, int, Hashable]] = []  # (due, order, key)
         self._failures: dict[Hashable, int] = {}
@@ -57,11 +63,18 @@ class WorkQueue:
         heapq.heappush(self._heap, (priority, next(self._order), key))
         self._on_depth(len(self._queued))
         self._cond.notify()
+        if priority == URGENT:
+            self._urgent_cond.notify()
 
     def add_after(self, key: Hashable, delay_s: float) -> None:
         with self._cond:
             heapq.heappush(self._delayed, (time.monotonic() + delay_s, next(self._order), key))
             self._cond.notify_all()
+
+    def urgent(self) -> bool:
+        """Is a new campaign waiting for, or in, its first pass? (Events wait meanwhile: kube/events.py.)"""
+        with self._cond:
+            return URGENT in self._active.values() or URGENT in self._queued.values()
 
     def depth(self) -> int:
         with self._cond:
@@ -71,12 +84,16 @@ class WorkQueue:
         """The gate may have opened (leadership acquired): let the workers look again."""
         with self._cond:
             self._cond.notify_all()
+            self._urgent_cond.notify_all()
 
     # ------------------------------------------------------------------------------------------ serving
-    def start(self, workers: int | None = None) -> None:
+    def start(self, workers: int | None = None, urgent_workers: int = 0) -> None:
+        """``workers`` threads serve any key, most urgent first; ``urgent_workers`` more serve URGENT keys only."""
         self._workers = workers or self._workers
-        for i in range(self._workers):
-            thread = threading.Thread(target=self._work, name=f"flopwise-worker-{i}", daemon=True)
+        for i in range(self._workers + urgent_workers):
+            urgent_only = i >= self._workers
+            thread = threading.Thread(target=self._work, args=(urgent_only,), daemon=True,
+                                      name=f"flopwise-{'urgent' if urgent_only else 'worker'}-{i}")
             thread.start()
             self._threads.append(thread)
 
@@ -84,8 +101,9 @@ class WorkQueue:
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
+            self._urgent_cond.notify_all()
 
-    def _next(self) -> Hashable | None:
+    def _next(self, urgent_only: bool = False) -> Hashable | None:
         with self._cond:
             while not self._stopped:
                 now = time.monotonic()
@@ -94,21 +112,25 @@ class WorkQueue:
                     self._add_locked(key, NORMAL)
                 if self._gate():
                     while self._heap:
-                        priority, _, key = heapq.heappop(self._heap)
+                        priority, _, key = self._heap[0]
                         if self._queued.get(key) != priority:
+                            heapq.heappop(self._heap)
                             continue  # superseded by a more urgent entry for the same key
+                        if urgent_only and priority != URGENT:
+                            break
+                        heapq.heappop(self._heap)
                         del self._queued[key]
-                        self._active.add(key)
+                        self._active[key] = priority
                         self._on_depth(len(self._queued))
                         return key
-                timeout = self._delayed[0][0] - now if self._delayed else None
+                timeout = self._delayed[0][0] - now if self._delayed and not urgent_only else None
                 if not self._gate():
                     timeout = min(timeout or 1.0, 1.0)  # the gate has no event of its own: look again soon
-                self._cond.wait(timeout)
+                (self._urgent_cond if urgent_only else self._cond).wait(timeout)
             return None
 
-    def _work(self) -> None:
-        while (key := self._next()) is not None:
+    def _work(self, urgent_only: bool = False) -> None:
+        while (key := self._next(urgent_only)) is not None:
             failed = False
             try:
                 self._handle(key)
@@ -116,7 +138,7 @@ class WorkQueue:
                 failed = True
                 log.exception("reconciling %s failed", key)
             with self._cond:
-                self._active.discard(key)
+                self._active.pop(key, None)
                 if failed:
                     n = self._failures.get(key, 0)
                     self._failures[key] = n + 1

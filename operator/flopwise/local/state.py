@@ -1,4 +1,4 @@
-"""The local campaign's state directory: the status (its only memory), the campaign it ran, an event log.
+"""The local campaign's state directory: the status (its only memory), the campaign it runs, an event log.
 
 The status is written atomically (temp file, fsync, rename) before any launch, so a `kill -9` at any moment
 leaves either the old or the new status, never a torn one.
@@ -11,6 +11,9 @@ import os
 import time
 from pathlib import Path
 
+import yaml
+
+from flopwise.api.spec import TrainingCampaign
 from flopwise.api.status import TrainingCampaignStatus
 
 
@@ -36,6 +39,22 @@ class StateDir:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.status_path)
+
+    def save_campaign(self, campaign: TrainingCampaign) -> None:
+        """The campaign as run (`flopwise status` and `flopwise report` read it; the status alone has no spec)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        document = campaign.model_dump(mode="json", by_alias=True, exclude_none=True)
+        tmp = self.campaign_path.with_suffix(".yaml.tmp")
+        tmp.write_text(yaml.safe_dump(document, sort_keys=False))
+        os.replace(tmp, self.campaign_path)
+
+    def load_campaign(self) -> TrainingCampaign | None:
+        """The campaign saved beside the status, or None (a state folder from before it was saved)."""
+        if not self.campaign_path.exists():
+            return None
+        from flopwise.api.load import load_campaign
+
+        return load_campaign(self.campaign_path)
 
     def log_events(self, events: list[tuple[str, str]]) -> None:
         if not events:

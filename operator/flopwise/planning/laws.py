@@ -23,7 +23,9 @@ class ScalingLaw:
     name: str = "fitted"
 
     def loss(self, params: float, tokens: float) -> float:
-        return self.E + self.A / params**self.alpha + self.B / tokens**self.beta
+        # A·N^-α rather than A / N^α: a bootstrap resample with a huge exponent underflows to 0 instead of
+        # raising OverflowError on N^α.
+        return self.E + self.A * params ** -self.alpha + self.B * tokens ** -self.beta
 
     @property
     def params_exponent(self) -> float:

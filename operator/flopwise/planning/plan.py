@@ -28,6 +28,7 @@ from flopwise.planning import ladder as designs
 from flopwise.planning.budget import Pool, binding_budget
 from flopwise.planning.ladder import largest_within
 from flopwise.planning.laws import AllocationRule, ScalingLaw, allocation_rule, tokens_for_params
+from flopwise.planning.priors import loss_basis
 from flopwise.planning.shapes import ShapeRules, make_shape, shape_for_params, smallest_shape
 
 MIN_STEPS = 32  # a tuning run shorter than this says nothing about its schedule: shrink its batch instead
@@ -112,10 +113,12 @@ class _Planner:
         shape = self.shape(params)
         tokens = max(1, int(min(flops / shape.flops_per_token(), self.data_tokens)))
         exact = shape.flops_per_token() * tokens
-        loss = self.rule.loss(shape.param_count(), tokens) if isinstance(self.rule, ScalingLaw) else None
+        # A published law's loss only where its tokenizer is the campaign's (planning/priors.py).
+        basis = loss_basis(self.rule.name, self.spec.model.vocab_size) if isinstance(self.rule, ScalingLaw) else None
+        loss = self.rule.loss(shape.param_count(), tokens) if basis is not None else None
         return TargetPlan(law=self.rule.name, flops=exact, params_optimal=optimum.params,
                           tokens_optimal=optimum.tokens, shape=shape, params=shape.param_count(), tokens=tokens,
-                          tokens_per_param=tokens / shape.param_count(), predicted_loss=loss,
+                          tokens_per_param=tokens / shape.param_count(), predicted_loss=loss, loss_basis=basis,
                           gpu_hours=self.pool.gpu_hours(exact), usd=self.pool.usd(exact), data_limited=data_limited)
 
     def maker(self) -> designs.RunMaker:
@@ -149,8 +152,15 @@ class _Planner:
         cfg = self.spec.ladder
         replicas = cfg.seeds - 1
 
+        designed: dict[float, list[PlannedRun]] = {}  # scale → design: the bisection revisits its ends
+
+        def design(scale: float) -> list[PlannedRun]:
+            if scale not in designed:
+                designed[scale] = self.design_runs(scale)
+            return designed[scale]
+
         def cost(scale: float, replicas: int = 0) -> float:
-            runs = self.design_runs(scale)
+            runs = design(scale)
             if not self.complete(runs):
                 return math.inf
             return sum(r.flops for r in runs) + replicas * self.seed_flops(runs)
@@ -177,7 +187,7 @@ class _Planner:
             self.dropped.append(f"ladder: {replicas} seed replicas do not fit the ladder share; no seed-noise floor "
                                 "(raise budget.split.ladder or lower ladder.seeds)")
             replicas = 0
-        runs = self.design_runs(largest_within(lambda x: cost(x, replicas), allotted, low, max(low, ceiling)))
+        runs = design(largest_within(lambda x: cost(x, replicas), allotted, low, max(low, ceiling)))
         notes = self.design_notes(runs)
         self.study(f"scaling ladder ({cfg.design})", "ladder", "size × tokens" if cfg.design == "wsd"
                    else "size at fixed compute, per level", runs)
@@ -226,8 +236,8 @@ class _Planner:
 
     def narrower(self, shape: ModelShape, count: int) -> list[ModelShape]:
         """Up to ``count`` proxies of the same depth (muP transfers across width at fixed depth), each a quarter
-        as wide as the previous, or as narrow as the family allows: the wider the span, the plainer a drift of the
-        best LR is against one grid step (under SP it falls about as 1/width); fewer when no narrower width exists."""
+        as wide as the previous, or as narrow as the family allows: the wider the span, the narrower the interval of
+        the best LR's exponent in width (under SP it falls about as 1/width); fewer when no narrower width exists."""
         step = self.spec.model.width_multiple
         out: list[ModelShape] = []
         width = shape.d_model
@@ -389,6 +399,35 @@ def plan_final(spec: TrainingCampaignSpec, rule: AllocationRule) -> tuple[Target
     usable = budget_flops * (1.0 - spec.budget.margin)
     target = planner.target(final_budget(spec))
     return target, planner.final(spec.budget.split.final * usable, target)
+
+
+def isoflop_extension(spec: TrainingCampaignSpec, rule: AllocationRule, *, flops: float, beyond: float, side: str,
+                      taken: frozenset[tuple[int, int]], run_id: str, level: int) -> PlannedRun | str:
+    """One more size at an IsoFLOP level whose minimum sits at its ``side`` edge: one design step
+    (``spread`` ** (1 / (sizes − 1))) past ``beyond``, or two where tiny widths round one step to a shape the
+    level already has, or down to the floor when a step would pass it (if that is half a step or more), trained
+    to the level's ``flops``. Returns the run, or why there is none (a user can act
+    on it: ladder.minParams, the data, model.widthMultiple)."""
+    planner = _Planner(spec, rule)
+    cfg = spec.ladder
+    step = cfg.spread ** (1.0 / max(cfg.sizes - 1, 1))
+    direction = -1 if side == "smallest" else 1
+    for k in (1, 2):
+        wanted = beyond * step ** (direction * k)
+        if wanted < planner.floor():  # the floor itself, if it is at least half a step smaller
+            if beyond < planner.floor() * math.sqrt(step) or k > 1:
+                return f"a smaller size would be below ladder.minParams ({planner.floor():,.0f} params)"
+            wanted = planner.floor()
+        shape = planner.shape(wanted)
+        params = shape.param_count()
+        if (shape.n_layer, shape.d_model) in taken or (params - beyond) * direction <= 0:
+            continue
+        tokens = flops / shape.flops_per_token()
+        if tokens > planner.data_tokens:
+            return f"{shape.n_layer}×{shape.d_model} would need {tokens:,.0f} tokens, more than the data holds"
+        return planner.run(run_id, "ladder", shape, tokens, batch=batch_for(spec, shape, tokens, cfg.min_steps),
+                           level=level)
+    return f"no shape two design steps past {beyond:,.0f} params differs from those tried (model.widthMultiple)"
 
 
 def plan_campaign(spec: TrainingCampaignSpec, law: AllocationRule | None = None) -> Plan:

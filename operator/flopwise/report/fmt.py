@@ -77,3 +77,17 @@ def loss(x: float | None) -> str:
 def cell(text: object) -> str:
     """Text safe inside a Markdown table cell: pipes escaped, newlines flattened."""
     return str(text).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def duration(seconds: float | None) -> str:
+    """A time span as people say it: '45s', '3m 20s', '2h 05m', '3d 4h'."""
+    if not _finite(seconds):
+        return NA if seconds is None else str(seconds)
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"

@@ -4,6 +4,7 @@ wherever the campaign has not got that far."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 
 from flopwise.api.spec import TrainingCampaignSpec
@@ -115,17 +116,18 @@ def _final_loss(record: RunRecord) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- sections
-def summary(spec: TrainingCampaignSpec, status: TrainingCampaignStatus, name: str) -> str:
-    ledger, plan = status.ledger, status.plan
+def summary(spec: TrainingCampaignSpec, status: TrainingCampaignStatus, name: str, now: float | None = None) -> str:
+    """The opening paragraph; its budget, runs and ETA read as `flopwise status` shows them (overview/)."""
+    from flopwise.overview.model import build_overview  # imported here: overview formats with report.fmt
+
+    plan = status.plan
+    ov = build_overview(status, name=name, spec=spec, now=time.time() if now is None else now)
     parts = [f"Campaign **{name}** is in phase **{status.phase}**."]
-    budget = ledger.budget_flops or (plan.budget_flops if plan else 0.0)
-    if budget > 0:
-        money = ""
-        if ledger.budget_usd:
-            money = f" and {fmt.usd(ledger.spent_usd)} of {fmt.usd(ledger.budget_usd)}"
-        parts.append(f"It has used **{ledger.used_percent:.1f}%** of its budget of {fmt.flops(budget)} FLOPs "
-                     f"({fmt.flops(ledger.spent_flops)} spent{money}, {fmt.flops(ledger.reserved_flops)} reserved "
-                     f"by running work).")
+    if ov.budget is not None:
+        b = ov.budget
+        parts.append(f"It has used **{b.used_percent:.1f}%** of its budget of {b.total_text()}: spent "
+                     f"{b.spent_text()}, reserved by running work {b.reserved_text()}, left {b.left_text()}.")
+        parts.append(f"Runs: {ov.runs_text()}" + ("." if ov.ended else f"; campaign ETA {ov.eta_text()}."))
     else:
         parts.append(f"No budget has been planned yet (spec: {fmt.flops(spec.budget.flops)} FLOPs"
                      + (f", {fmt.usd(spec.budget.usd)}" if spec.budget.usd else "") + ").")
@@ -154,6 +156,8 @@ def recommendation(spec: TrainingCampaignSpec, status: TrainingCampaignStatus) -
                    "the tuning rounds have finished).")
         plan = status.plan
         if plan is not None:
+            from flopwise.overview.model import target_loss_text
+
             t = plan.target
             out += ["", f"The plan's current target, under the `{plan.law}` law:", "",
                     table(["field", "value"], [
@@ -164,7 +168,7 @@ def recommendation(spec: TrainingCampaignSpec, status: TrainingCampaignStatus) -
                         ["FLOPs", fmt.flops(t.flops)],
                         ["GPU-hours", fmt.hours(t.gpu_hours)],
                         ["dollars", fmt.usd(t.usd) if spec.gpu_pool.price_per_gpu_hour > 0 else "not priced"],
-                        ["predicted loss (planning law)", fmt.loss(t.predicted_loss)],
+                        ["predicted loss", target_loss_text(t, spec.model.vocab_size)],
                         ["data-limited", "yes" if t.data_limited else "no"],
                     ])]
         return "\n".join(out)
