@@ -73,18 +73,21 @@ def test_helm_installed_operator_pod_runs_a_campaign_on_the_real_node(node_clust
         assert check is not None and check.loss_before is not None and check.loss_after is not None, check
         uid = release.json("get", "trainingcampaign", "e2e")["metadata"]["uid"]
         second = result_json(release, uid, "final-00")
-        assert second["resumedFrom"] == [check.stop_step], second["resumedFrom"]
+        final = next(r for r in status.runs if r.run_id == "final-00")
+        # the leg's checkpoint from before its cooldown (the leg itself ends annealed, at the check's stop step)
+        assert final.resume_step is not None and final.resume_step < check.stop_step, (final, check)
+        assert second["resumedFrom"] == [final.resume_step], (second["resumedFrom"], final.resume_step)
         # `kubectl logs` of a run: the trainer's own output, through the kubelet
-        ladder_pod = next(p for p in pods if p["metadata"]["annotations"][RUN_ID] == "ladder-00")
+        ladder_pod = next(p for p in pods if p["metadata"]["annotations"][RUN_ID] == "ladder-c0-00")
         logs = release.kubectl("logs", ladder_pod["metadata"]["name"]).stdout
-        steps = next(r.steps for r in status.runs if r.run_id == "ladder-00")
+        steps = next(r.steps for r in status.runs if r.run_id == "ladder-c0-00")
         assert f"step {steps}/{steps} " in logs, logs[-2000:]
         # a real Prometheus scraped the operator Pod and has the campaign's phase and spend
-        found = wait_for(lambda: prometheus.query('flopwise_campaign_phase{name="e2e",phase="Succeeded"} == 1'),
+        found = wait_for(lambda: prometheus.query('flopwise_campaign_phase{campaign="e2e",phase="Succeeded"} == 1'),
                          timeout=60, what=f"the Succeeded phase in Prometheus (scraping {prometheus.targets})")
         instance = found[0]["metric"]["instance"]
         assert instance.startswith(operator_pod["status"]["podIP"] + ":"), (instance, operator_pod["status"])
-        assert prometheus.query('flopwise_budget_spent_flops{name="e2e"} > 0'), "no spend scraped"
+        assert prometheus.query('flopwise_budget_spent_flops{campaign="e2e"} > 0'), "no spend scraped"
         sys.stderr.write(f"[e2e] predicted loss {status.recommendation.predicted_loss:.3f}; partial check "
                          f"{check.loss_before:.3f} → {check.loss_after:.3f}; scraped from {instance}\n")
     finally:

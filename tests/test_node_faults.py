@@ -60,20 +60,9 @@ def test_deadline_pod_deletion_operator_restart_and_node_restart_lose_nothing(no
     t0 = time.monotonic()
     nc.apply_yaml(yaml.safe_dump(doc))
 
-    # 1. activeDeadlineSeconds reached: the Job controller fails the Job and the kubelet kills its Pod
-    job = wait_for(lambda: job_of(release, name, "ladder-00"), timeout=120, what="the Job of ladder-00",
-                   interval=0.1)
-    release.kubectl("patch", "job", job["metadata"]["name"], "--type=merge", "-p",
-                    '{"spec":{"activeDeadlineSeconds":1}}')
-
-    # 2. a trainer Pod deleted while it trains (graceful: the kubelet sends SIGTERM)
-    victim = wait_for(lambda: training_pod(release, name, ("ladder-04", "ladder-03", "round1-")), timeout=300,
-                      what="a trainer Pod training", interval=0.3)
-    deleted_run = victim["metadata"]["annotations"][RUN_ID]
-    release.kubectl("delete", "pod", victim["metadata"]["name"], "--wait=false")
-
-    # 3. the operator Pod deleted: its Deployment's ReplicaSet starts another, which takes the Lease over
-    wait_for(lambda: status_of(release, name).phase in ("Round1", "Round2", "Final", "Succeeded", "Failed"),
+    # In the order the campaign meets them (tuning comes first, then the ladder, then the final run).
+    # 1. the operator Pod deleted as Round 1 runs: its Deployment's ReplicaSet starts another, which takes the Lease
+    wait_for(lambda: status_of(release, name).phase in ("Round1", "Round2", "Ladder", "Final", "Succeeded"),
              timeout=600, what="Round 1")
     (old,) = [p["metadata"]["name"] for p in release.operator_pods()]
     t_op = time.monotonic()
@@ -86,8 +75,21 @@ def test_deadline_pod_deletion_operator_restart_and_node_restart_lose_nothing(no
     wait_for(new_operator_ready, timeout=180, what="a new operator Pod Ready")
     FIGURES["operator_pod_replaced_ready_s"] = round(time.monotonic() - t_op, 1)
 
+    # 2. activeDeadlineSeconds reached while the first ladder run trains: the Job controller fails the Job and the
+    #    kubelet stops its Pod (SIGTERM: it checkpoints on the outputs volume)
+    first = wait_for(lambda: training_pod(release, name, ("ladder-c0-00",)), timeout=600,
+                     what="ladder-c0-00 training", interval=0.2)
+    release.kubectl("patch", "job", first["metadata"]["ownerReferences"][0]["name"], "--type=merge", "-p",
+                    '{"spec":{"activeDeadlineSeconds":1}}')
+
+    # 3. another ladder run's trainer Pod deleted while it trains (graceful: the kubelet sends SIGTERM)
+    victim = wait_for(lambda: training_pod(release, name, ("ladder-c1-", "ladder-c2-")), timeout=300,
+                      what="a ladder trainer Pod training", interval=0.3)
+    deleted_run = victim["metadata"]["annotations"][RUN_ID]
+    release.kubectl("delete", "pod", victim["metadata"]["name"], "--wait=false")
+
     # 4. the node restarts while a run trains: its containers keep running under containerd
-    restarted = wait_for(lambda: training_pod(release, name, ("final-", "round2-", "round1-")), timeout=600,
+    restarted = wait_for(lambda: training_pod(release, name, ("final-", "ladder-c2-", "ladder-c1-")), timeout=600,
                          what="a run training for the node restart", interval=0.3)
     restart_run = restarted["metadata"]["annotations"][RUN_ID]
     FIGURES["kubelet_restart_ready_s"] = round(nc.restart_kubelet(down_s=3.0), 1)
@@ -102,12 +104,13 @@ def test_deadline_pod_deletion_operator_restart_and_node_restart_lose_nothing(no
     check_no_duplicate_job(release, name, status)
     check_no_lost_result(release, name, status)
 
-    deadline = runs["ladder-00"]
+    deadline = runs["ladder-c0-00"]
     assert deadline.state == "Failed" and "DeadlineExceeded" in (deadline.reason or ""), deadline
     assert deadline.spent.flops > 0
-    assert runs["ladder-00-a1"].state == "Succeeded", "the deadline's run was not retried"
+    FIGURES["deadline"] = (deadline.reason, deadline.spent.flops, runs["ladder-c0-00-a1"].reason)
+    assert runs["ladder-c0-00-a1"].state == "Succeeded", "the deadline's run was not retried"
 
-    deleted = runs[deleted_run]
+    deleted = runs[deleted_run]  # its Job's replacement Pod resumes the checkpoint, or the run fails and retries
     assert deleted.state in ("Failed", "Succeeded"), deleted
     if deleted.state == "Failed":  # charged what it used (its summary says SIGTERM), retried once
         assert "SIGTERM" in (deleted.reason or "") or deleted.spent.flops > 0, deleted
@@ -117,6 +120,7 @@ def test_deadline_pod_deletion_operator_restart_and_node_restart_lose_nothing(no
     assert runs[restart_run].state == "Succeeded", runs[restart_run]
     pods = [p for p in campaign_pods(release, name) if p["metadata"]["annotations"][RUN_ID] == restart_run]
     assert len(pods) == 1, "the node restart made the Job start another Pod"
+    sys.stderr.write(f"[faults] deadline {FIGURES['deadline']}; deleted Pod {FIGURES['deleted_pod']}\n")
 
 
 def test_oom_killed_trainer_is_failed_with_the_reason_and_charged(flopwise_release):
