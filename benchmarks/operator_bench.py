@@ -6,6 +6,8 @@ grid, few bootstrap resamples). N copies of tests/data/tiny-campaign.yaml (uniqu
 widened to ~20 runs each) are created back to back with the Python client. The benchmark plays the node and only
 the node: a watch on the managed Pods reports each Pending Pod Succeeded with the RunSummary its RunSpec (read from
 the run's ConfigMap) would give under a known scaling law, exactly as tests/test_operator_cluster.py does.
+Why played, though a real node runs in tests/test_node_*.py: 100 campaigns × ~20 runs would be 2000 real Pods
+(hours on 2 cores), and the benchmark measures the operator, not the node.
 
 Measured: time from a campaign's create to its first Job (the Job watch's ADDED event; creationTimestamps as a
 1-second cross-check), the operator's CPU seconds (/proc/PID/stat utime+stime) and peak RSS (VmHWM), CPU and API

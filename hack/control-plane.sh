@@ -112,6 +112,53 @@ ensure_kubectl() {
   find_kubectl || die "kubectl installed but not found"
 }
 
+# Unpacks the source tarball into $1/src (GOPATH layout $1/gopath/src/k8s.io/kubernetes -> the tree) with Debian's
+# reflect2/json-iterator in vendor/, and exports the Go environment. The paths stay the same on every build (of the
+# control plane or of hack/node.sh's kubelet and kube-scheduler), so the Go build cache in $CACHE_ROOT/go-build
+# keeps hitting. The caller holds the build lock.
+prepare_source_tree() {
+  local root=$1 tarball=$2 p tree
+  rm -rf "$root/src" "$root/gopath"
+  mkdir -p "$root/src" "$root/gopath/src/k8s.io"
+  log "unpacking $(basename "$tarball")"
+  tar -xzf "$tarball" -C "$root/src"
+  tree=$(find "$root/src" -mindepth 1 -maxdepth 1 -type d | head -n 1)
+  ln -s "$tree" "$root/gopath/src/k8s.io/kubernetes"
+  export GOPATH=$root/gopath GO111MODULE=off CGO_ENABLED=0 GOFLAGS= GOCACHE=$CACHE_ROOT/go-build
+  export GOTOOLCHAIN=local
+  # Go 1.19 breaks the vendored reflect2 1.0.1 / json-iterator 1.1.10 (SIGSEGV in mapiterinit on the first
+  # custom-resource create): replace them with Debian's 1.0.2 / 1.1.12.
+  for p in github.com/modern-go/reflect2 github.com/json-iterator/go; do
+    [[ -d /usr/share/gocode/src/$p ]] || die "missing /usr/share/gocode/src/$p"
+    rm -rf "$tree/vendor/$p"
+    cp -rL "/usr/share/gocode/src/$p" "$tree/vendor/$p"
+    find "$tree/vendor/$p" -name '*_test.go' -delete
+  done
+}
+
+# The -ldflags of every binary: the version the server reports (/version; Helm and clients read it) in both
+# version packages, as hack/lib/version.sh would set them. Without it the server says major "" and v0.0.0-master.
+version_ldflags() {
+  local upstream=${1#*really} ldflags="-s -w" vpkg
+  upstream=${upstream%%-*}
+  for vpkg in k8s.io/kubernetes/vendor/k8s.io/component-base/version k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $vpkg.gitVersion=v$upstream -X $vpkg.gitMajor=${upstream%%.*}"
+    ldflags+=" -X $vpkg.gitMinor=$(echo "$upstream" | cut -d. -f2) -X $vpkg.gitTreeState=archive"
+  done
+  echo "$ldflags"
+}
+
+# The downloaded source tarball under $1/dl (downloaded when missing).
+source_tarball() {
+  local root=$1 ver=$2
+  mkdir -p "$root/dl"
+  if ! ls "$root"/dl/kubernetes_*.orig.tar.gz >/dev/null 2>&1; then
+    log "downloading source package kubernetes $ver"
+    (cd "$root/dl" && apt-get source --download-only -qq "kubernetes=$ver" >&2)
+  fi
+  ls "$root"/dl/kubernetes_*.orig.tar.gz | head -n 1
+}
+
 cmd_build() {
   local d
   if d=$(cached_bin_dir); then
@@ -134,35 +181,10 @@ cmd_build() {
   if bin_complete "$d"; then log "cached: $d"; echo "$d"; return 0; fi
 
   local t0=$SECONDS
-  mkdir -p "$root/dl"
-  if ! ls "$root"/dl/kubernetes_*.orig.tar.gz >/dev/null 2>&1; then
-    log "downloading source package kubernetes $ver"
-    (cd "$root/dl" && apt-get source --download-only -qq "kubernetes=$ver" >&2)
-  fi
-  local tarball; tarball=$(ls "$root"/dl/kubernetes_*.orig.tar.gz | head -n 1)
+  local tarball; tarball=$(source_tarball "$root" "$ver")
 
-  # GOPATH layout: $root/gopath/src/k8s.io/kubernetes -> the unpacked tree. The paths stay the same on every
-  # rebuild, so the Go build cache in $CACHE_ROOT/go-build keeps hitting.
-  rm -rf "$root/src" "$root/gopath"
-  mkdir -p "$root/src" "$root/gopath/src/k8s.io"
-  log "unpacking $(basename "$tarball")"
-  tar -xzf "$tarball" -C "$root/src"
-  local tree; tree=$(find "$root/src" -mindepth 1 -maxdepth 1 -type d | head -n 1)
-  ln -s "$tree" "$root/gopath/src/k8s.io/kubernetes"
-
-  export GOPATH=$root/gopath GO111MODULE=off CGO_ENABLED=0 GOFLAGS= GOCACHE=$CACHE_ROOT/go-build
-  export GOTOOLCHAIN=local
+  prepare_source_tree "$root" "$tarball"
   cd "$GOPATH/src/k8s.io/kubernetes"
-
-  # Go 1.19 breaks the vendored reflect2 1.0.1 / json-iterator 1.1.10 (SIGSEGV in mapiterinit on the first
-  # custom-resource create): replace them with Debian's 1.0.2 / 1.1.12.
-  local p
-  for p in github.com/modern-go/reflect2 github.com/json-iterator/go; do
-    [[ -d /usr/share/gocode/src/$p ]] || die "missing /usr/share/gocode/src/$p"
-    rm -rf "vendor/$p"
-    cp -rL "/usr/share/gocode/src/$p" "vendor/$p"
-    find "vendor/$p" -name '*_test.go' -delete
-  done
 
   # pkg/generated/openapi/zz_generated.openapi.go is not in the source: generate it. vendor/k8s.io/* are
   # symlinks into staging/, hence grep -R (83 directories).
@@ -180,14 +202,7 @@ cmd_build() {
     -h vendor/k8s.io/code-generator/hack/boilerplate.go.txt -r "$root/openapi-violations.report" >&2
   [[ -f pkg/generated/openapi/zz_generated.openapi.go ]] || die "openapi-gen wrote no zz_generated.openapi.go"
 
-  # The version the server reports (/version; Helm and clients read it): both version packages, as
-  # hack/lib/version.sh would set them. Without this the server says major "" and v0.0.0-master.
-  local upstream=${ver#*really}; upstream=${upstream%%-*}
-  local ldflags="-s -w" vpkg
-  for vpkg in k8s.io/kubernetes/vendor/k8s.io/component-base/version k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version; do
-    ldflags+=" -X $vpkg.gitVersion=v$upstream -X $vpkg.gitMajor=${upstream%%.*}"
-    ldflags+=" -X $vpkg.gitMinor=$(echo "$upstream" | cut -d. -f2) -X $vpkg.gitTreeState=archive"
-  done
+  local ldflags p; ldflags=$(version_ldflags "$ver")
   mkdir -p "$root/bin.tmp"
   for p in kube-apiserver kube-controller-manager; do
     log "building $p"
@@ -250,6 +265,8 @@ cmd_prometheus() {
   dirname "$f"
 }
 
+# hack/node.sh sources this file for its functions; run directly, it dispatches.
+[[ ${BASH_SOURCE[0]} == "$0" ]] || return 0
 case ${1:-} in
   build) cmd_build ;;
   paths) cmd_paths ;;

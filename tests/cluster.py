@@ -3,9 +3,9 @@
 The binaries come from ``hack/control-plane.sh build`` (Debian bookworm's kubernetes 1.20.2 source package, built
 once and cached outside the checkout). Nothing here is mocked: the API server validates, stores and serves objects,
 and the controllers (job, garbagecollector, namespace, serviceaccount, serviceaccount-token, ttl-after-finished,
-clusterrole-aggregation: what puts aggregated rules into the built-in edit/view roles) act on them. There is no
-kubelet and no node: a test that needs a Pod to finish plays the node itself by patching the Pod's ``status``
-subresource as a kubelet would.
+clusterrole-aggregation: what puts aggregated rules into the built-in edit/view roles) act on them. This control
+plane has no node: a test that needs a Pod to finish plays the node itself by patching the Pod's ``status``
+subresource as a kubelet would (tests/node.py adds a real node, in namespaces of its own).
 
 Everything listens on loopback ports chosen free at start; state, keys, kubeconfigs and one log per component live
 in a temporary folder (kept when FLOPWISE_KEEP_CLUSTER=1).
@@ -101,6 +101,7 @@ class ControlPlane:
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="flopwise-cp-"))
         self.ready_timeout = ready_timeout
         self.admin_token = secrets.token_hex(16)
+        self.controllers = CONTROLLERS
         self._pick_ports()
         self.kubeconfig = self.workdir / "admin.kubeconfig"
         self.procs: dict[str, subprocess.Popen] = {}
@@ -302,6 +303,12 @@ class ControlPlane:
         self._stop("etcd", grace)
 
     # ----------------------------------------------------------------------------------------- kube-apiserver
+    bind_address = "127.0.0.1"  # where kube-apiserver listens and what it advertises (tests/node.py moves both)
+    advertise_address = "127.0.0.1"
+
+    def apiserver_extra_args(self) -> list[str]:
+        return []
+
     def _start_apiserver(self) -> None:
         w = self.workdir
         self._spawn(
@@ -309,8 +316,8 @@ class ControlPlane:
             [
                 str(self.apiserver_bin),
                 f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.bind_address}",
+                f"--advertise-address={self.advertise_address}",
                 f"--secure-port={self.apiserver_port}",
                 "--insecure-port=0",
                 f"--cert-dir={w / 'certs'}",
@@ -322,6 +329,7 @@ class ControlPlane:
                 "--service-cluster-ip-range=10.96.0.0/12",
                 "--profiling=false",
                 *self._audit_args(),
+                *self.apiserver_extra_args(),
             ],
         )
         self._wait("kube-apiserver", self.apiserver_ready, "/readyz")
@@ -369,7 +377,7 @@ class ControlPlane:
             [
                 str(self.kcm_bin),
                 f"--kubeconfig={self.kubeconfig}",
-                f"--controllers={CONTROLLERS}",
+                f"--controllers={self.controllers}",
                 f"--service-account-private-key-file={w / 'sa.key'}",
                 "--use-service-account-credentials=false",
                 "--bind-address=127.0.0.1",
@@ -401,6 +409,8 @@ class ControlPlane:
         self._start_kcm()
 
     # ----------------------------------------------------------------------------------------- clients
+    client_prefix: ClassVar[list[str]] = []  # a client command's prefix (tests/node.py: enter its network namespace)
+
     def env(self, kubeconfig: str | Path | None = None) -> dict[str, str]:
         """An environment for a client process (kopf, the Python client, kubectl) talking to this cluster."""
         env = dict(os.environ)
@@ -416,7 +426,7 @@ class ControlPlane:
         timeout: float = 60.0,
     ) -> subprocess.CompletedProcess:
         """Runs kubectl against this cluster; with check, a failure raises ControlPlaneError with its stderr."""
-        cmd = [self.kubectl_bin, f"--kubeconfig={kubeconfig or self.kubeconfig}", *args]
+        cmd = [*self.client_prefix, self.kubectl_bin, f"--kubeconfig={kubeconfig or self.kubeconfig}", *args]
         res = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout)
         if check and res.returncode != 0:
             raise ControlPlaneError(f"kubectl {' '.join(args)} failed ({res.returncode}):\n{res.stderr}{res.stdout}")

@@ -52,16 +52,56 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "control_plane" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.cluster)
+        if "node_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.node)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A real node (kubelet + containerd + runc + CNI + kube-scheduler) with its own control plane, in namespaces the
+# harness makes (tests/node.py). Tests that take `node_cluster` are marked `node`.
+@pytest.fixture(scope="session")
+def node_cluster():
+    """One control plane with a real node for the session. Builds what is missing first (hack/node.sh all:
+    kubelet, kube-scheduler, the images; scripts/test.sh has run it already, so this is seconds); a failed build
+    or start is a test error with the logs. Only FLOPWISE_SKIP_NODE=1 skips."""
+    if os.environ.get("FLOPWISE_SKIP_NODE") == "1":
+        pytest.skip("FLOPWISE_SKIP_NODE=1: tests on the real node are skipped")
+    from node import NODE_SCRIPT, NodeCluster
+
+    t0 = time.monotonic()
+    for command in (["bash", str(SCRIPT), "build"], ["bash", str(NODE_SCRIPT), "all"]):
+        res = subprocess.run(command, capture_output=True, text=True)
+        if res.returncode != 0:
+            pytest.fail(f"{' '.join(command[1:])} failed ({res.returncode}); set FLOPWISE_SKIP_NODE=1 to skip the "
+                        f"node tests.\n{res.stderr[-6000:]}", pytrace=False)
+    build_s = time.monotonic() - t0
+    try:
+        nc = NodeCluster.from_cache().start()
+    except Exception as e:
+        pytest.fail(f"the real node did not start; set FLOPWISE_SKIP_NODE=1 to skip the node tests.\n{e}",
+                    pytrace=False)
+    t = nc.timings
+    sys.stderr.write(
+        f"\n[node_cluster] node Ready in {t['node_total']:.1f} s (control plane {t['control_plane']:.1f}, "
+        f"containerd {t['containerd']:.1f}, image import {t['images']:.1f}, kubelet {t['kubelet']:.1f}; "
+        f"build check {build_s:.1f} s); workdir {nc.workdir}\n")
+    try:
+        yield nc
+    finally:
+        nc.close()
+        if nc.cleanup_problems:
+            sys.stderr.write(f"[node_cluster] teardown: {nc.cleanup_problems}\n")
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
-    if rep.failed and "control_plane" in getattr(item, "fixturenames", ()):
-        cp = getattr(item, "funcargs", {}).get("control_plane")
-        if cp is not None:
-            rep.sections.append(("control plane logs", cp.logs()))
+    for fixture in ("control_plane", "node_cluster"):
+        if rep.failed and fixture in getattr(item, "fixturenames", ()):
+            cp = getattr(item, "funcargs", {}).get(fixture)
+            if cp is not None:
+                rep.sections.append((f"{fixture} logs", cp.logs()))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -117,3 +157,15 @@ def operator(crd, tmp_path):
 def sa_operator(crd, tmp_path):
     """The operator watching a fresh namespace as a ServiceAccount bound to exactly `flopwise.kube.rbac`'s Role."""
     yield from run_operator(crd, tmp_path, as_service_account=True)
+
+
+@pytest.fixture(scope="session")
+def flopwise_release(node_cluster):
+    """The chart installed on the real node (tests/node_campaign.py): the operator runs as a Pod from the
+    operator image under the chart's ServiceAccount; token shards and an outputs volume are there for campaigns."""
+    from node_campaign import helm, install
+
+    release = install(node_cluster, "flopwise-e2e")
+    sys.stderr.write(f"\n[flopwise_release] helm install → operator Ready in {release.figures['install_s']:.1f} s\n")
+    yield release
+    helm(node_cluster, "uninstall", "fw", "-n", release.namespace)

@@ -1,10 +1,12 @@
 """The operator test harness, shared by every test that runs `flopwise operator` against the real control plane
 (etcd + kube-apiserver 1.20 + kube-controller-manager with the Job and garbage-collector controllers).
 
-No kubelet can run here (no node, no container runtime), so tests play the NODE and nothing else: `Node` finds
-the Pods the real Job controller created and reports each one's container as a kubelet would, through the Pod's
-`status` subresource, with a termination message that is a RunSummary whose losses follow a known law. The API
-server, the Job controller, the garbage collector and the operator are all real. Fixtures live in conftest.py.
+These tests play the NODE and nothing else (tests/node.py runs a real one, for tests/test_node_*.py; playing
+it reaches states quickly and exactly: results at a known law, a node answering at once, hundreds of campaigns):
+`Node` finds the Pods the real Job controller created and reports each one's container as a kubelet would,
+through the Pod's `status` subresource, with a termination message that is a RunSummary whose losses follow a
+known law. The API server, the Job controller, the garbage collector and the operator are all real. Fixtures live
+in conftest.py.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 token of the ServiceAccount the chart created (not the admin) and with the Deployment's own flags, completes a
 campaign; with one verb taken out of the chart's Role it fails visibly and launches nothing.
 
-No kubelet can run here, so the Deployment's Pod is never scheduled (nor is there a ReplicaSet controller): the
+This control plane has no node (nor a ReplicaSet controller), so the Deployment's Pod is never scheduled: the
 operator runs as a subprocess with the chart's ServiceAccount token and flags (tests/operator_harness.py), and the
-test plays the node for the training Pods, as in tests/test_operator_cluster.py. Everything else is real.
+test plays the node for the training Pods, as in tests/test_operator_cluster.py — quick, and the RBAC checks need
+no more. The chart's Deployment running the operator image on a real node is tests/test_node_e2e.py.
 """
 
 from __future__ import annotations

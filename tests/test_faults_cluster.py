@@ -4,7 +4,9 @@ promises checked — the ledger balanced (spent within budget, nothing left rese
 charges), no duplicate Job (one Job per run id unless the fault removed it), and no lost result (every result the
 node reported is in the status, exactly as reported).
 
-The tests play the NODE (tests/operator_harness.py's Node patches Pod status as a kubelet would) and, where a
+The tests play the NODE (tests/operator_harness.py's Node patches Pod status as a kubelet would): the states they
+need (a node answering in milliseconds, a result at an exact known loss, a report forged mid-run) are out of a
+real node's quick reach; the same faults with real Pods are tests/test_node_faults.py. Where a
 fault needs one, another actor: the eviction API's caller, a person deleting a Job, the kube-controller-manager's
 deadline (a Job's activeDeadlineSeconds patched small), another writer of the campaign. Everything else is real.
 The operator killed mid-reconcile is tests/test_operator_cluster.py's chaos test.
@@ -303,7 +305,7 @@ def test_trainer_failures_are_charged_and_retried(crd, operator, apis) -> None:
     assert by_id["ladder-c0-01"].spent.flops == measured["ladder-c0-01"]  # its own report: what it measured
     assert "out of memory" in by_id["ladder-c0-01"].reason
     for run_id in ("ladder-c0-02", "ladder-c1-00"):  # no report: its whole reservation
-        assert by_id[run_id].result is None and by_id[run_id].reason == "no result reported", by_id[run_id]
+        assert by_id[run_id].result is None and by_id[run_id].reason.startswith("no result reported"), by_id[run_id]
         assert by_id[run_id].spent.flops > measured["ladder-c0-01"]
     hung = by_id["ladder-c1-01"]  # stopped at its deadline after it started: charged in full
     assert hung.result is None and hung.reason.startswith("stopped at its deadline (DeadlineExceeded)"), hung

@@ -196,6 +196,23 @@ def test_observation_mapping() -> None:
     assert refused.summary.exit_reason == "Job rejected: bad quantity"
 
 
+def test_a_failure_without_summary_says_what_the_kubelet_or_job_controller_said() -> None:
+    """No summary means the reservation is charged; the reason still tells a person what happened."""
+    oom = {"status": {"phase": "Failed", "containerStatuses": [{"name": "trainer", "state": {"terminated": {
+        "exitCode": 137, "reason": "OOMKilled"}}}]}}
+    seen = observe_run("r", Snapshot(pods={"r": [oom]}))
+    assert seen.state == "failed" and seen.summary is None and seen.reason == "container OOMKilled (exit code 137)"
+    garbled = observe_run("r", Snapshot(pods={"r": [_pod("{not json", 1, "Failed")]}))
+    assert garbled.reason == "container terminated (exit code 1), its termination message is not a run summary"
+    deadline = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                                           "message": "Job was active longer than specified deadline"}]}}
+    seen = observe_run("r", Snapshot(jobs={"r": deadline}))
+    assert seen.reason == "Job DeadlineExceeded: Job was active longer than specified deadline"
+    evicted = {"status": {"phase": "Failed", "reason": "Evicted", "message": "The node was low on memory."}}
+    seen = observe_run("r", Snapshot(jobs={"r": {"status": {"active": 1}}}, pods={"r": [evicted]}))
+    assert seen.reason == "Pod Evicted: The node was low on memory."
+
+
 SIGTERM = RunSummary(run_id="r", status="failed", steps=40, tokens=4000, flops=1e9,
                      exit_reason="terminated by SIGTERM at step 40 of 100 (checkpointed)").to_message()
 
@@ -391,6 +408,39 @@ def test_run_outputs_on_a_claim_live_in_the_campaign_uid_folder() -> None:
     doc["spec"]["trainer"] = {"outputClaimName": "Bad_Name"}
     with pytest.raises(Exception, match="outputClaimName"):
         first_launch(doc)
+
+
+def test_a_replacement_pods_success_is_read_before_its_predecessors_failure() -> None:
+    """On a real node, deleting a trainer Pod makes the Job controller start another at once; the deleted one
+    reports its SIGTERM failure, the new one may resume the checkpoint and succeed: that result must count."""
+    stopped = RunSummary(run_id="r", status="failed", exit_reason="terminated by SIGTERM at step 8 of 33").to_message()
+    done = RunSummary(run_id="r", status="succeeded", final_val_loss=2.0, tokens=10).to_message()
+    deleted = _pod(stopped, 1, "Failed")
+    deleted["metadata"] = {"deletionTimestamp": "2026-11-29T03:00:00Z"}
+    snap = Snapshot(pods={"r": [deleted, _pod(done, 0, "Succeeded")]})
+    seen = observe_run("r", snap)
+    assert seen.state == "succeeded" and seen.summary.final_val_loss == 2.0
+
+
+def test_a_deleted_pods_failure_is_not_the_runs_while_its_job_goes_on() -> None:
+    """The deleted Pod's SIGTERM summary arrives while its replacement trains (the Job stays active: its failed
+    Pod is not the last one standing). The run is still running; only a Job that failed ends it, with that
+    summary (charged what it used)."""
+    stopped = RunSummary(run_id="r", status="failed", exit_reason="terminated by SIGTERM at step 8 of 33",
+                         flops=5.0).to_message()
+    deleted = _pod(stopped, 143, "Failed")
+    deleted["metadata"] = {"deletionTimestamp": "2026-11-29T03:00:00Z"}
+    replacement = {"status": {"phase": "Running", "containerStatuses": [{"name": "trainer", "state": {"running": {}}}]}}
+    active = {"status": {"active": 1}}
+    failed_job = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}}
+    assert observe_run("r", Snapshot(jobs={"r": active}, pods={"r": [deleted, replacement]})).state == "running"
+    assert observe_run("r", Snapshot(jobs={"r": active}, pods={"r": [deleted]})).state == "running"
+    ended = observe_run("r", Snapshot(jobs={"r": failed_job}, pods={"r": [deleted]}))
+    assert ended.state == "failed" and ended.summary is not None and ended.summary.flops == 5.0
+    gone = observe_run("r", Snapshot(config_maps={"r"}, pods={"r": [deleted]}))  # the Job deleted too: relaunched
+    assert gone.state == "lost"
+    kept = _pod(stopped, 143, "Failed")  # not deleted: the kubelet stopped it (an eviction): the Job fails with it
+    assert observe_run("r", Snapshot(jobs={"r": active}, pods={"r": [kept]})).state == "failed"
 
 
 # ---------------------------------------------------------------------------------------------- GPU-ready Pods

@@ -1,8 +1,10 @@
 """The operator's metrics for real: `flopwise operator --metrics-port P` against the real control plane, scraped
 by a real Prometheus (Debian's package, 1 s interval) while the tests play the node for a tiny campaign (see
-tests/operator_harness.py; one of its Pods fails). Shown: `promtool check metrics` passes on a real scrape; the
-phase is one 0/1 series per known phase; the Job counters count what the operator did; every PromQL query of the
-Grafana dashboard returns data from that Prometheus; a deleted campaign's series leave the scrape and Prometheus.
+tests/operator_harness.py; one of its Pods fails; played so that every dashboard query has exact values at once —
+the real node's operator Pod is scraped in tests/test_node_e2e.py). Shown: `promtool check metrics` passes on a
+real scrape; the phase is one 0/1 series per known phase; the Job counters count what the operator did; every
+PromQL query of the Grafana dashboard returns data from that Prometheus; a deleted campaign's series leave the
+scrape and Prometheus.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """The operator against the real control plane (etcd + kube-apiserver 1.20 + kube-controller-manager with the Job
 and garbage-collector controllers): `flopwise operator` runs as a subprocess, exactly as in a cluster.
 
-No kubelet can run here (no node, no container runtime), so the tests play the NODE and nothing else: they find
+The tests play the NODE and nothing else (a real node runs the same operator end to end in
+tests/test_node_e2e.py; here results at an exactly known law and a node that answers at once make the chaos and
+fitting checks fast and exact): they find
 the Pods the real Job controller created and report each one's container as a kubelet would, through the Pod's
 `status` subresource, with a termination message that is a RunSummary whose losses follow a known law. The API
 server, the Job controller, the garbage collector and the operator are all real. The harness (Operator, Node,
@@ -247,7 +249,7 @@ def test_operator_killed_at_random_moments_loses_nothing_and_duplicates_nothing(
     lost = next(r for r in status.runs if r.run_id == deleted[0])
     assert lost.state == "Succeeded" and lost.reason.startswith("relaunched after loss")
     bad = next(r for r in status.runs if r.run_id == "ladder-c1-00")
-    assert bad.state == "Failed" and bad.result is None and bad.reason == "no result reported"
+    assert bad.state == "Failed" and bad.result is None and bad.reason.startswith("no result reported")
     assert bad.spent.flops > 0  # charged its whole reservation
     retry = next(r for r in status.runs if r.run_id == "ladder-c1-00-a1")
     assert retry.state == "Succeeded" and retry.result is not None

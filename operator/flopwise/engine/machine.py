@@ -98,6 +98,7 @@ class Observation:
     pods: tuple[PodUsage, ...] | None = None
     cut: str | None = None
     image_digest: str | None = None  # the trainer image's digest, where a Pod status shows one
+    reason: str = ""  # why it failed when there is no summary to say so (e.g. the container was OOMKilled)
 
 
 @dataclass
@@ -237,7 +238,7 @@ class _Engine:
             elif obs.state == "queued":
                 self._queued(record, rearm=pods_changed)
             elif obs.state in ("succeeded", "failed"):
-                self._finish(record, obs.summary, succeeded=obs.state == "succeeded", cut=obs.cut,
+                self._finish(record, obs.summary, succeeded=obs.state == "succeeded", cut=obs.cut, why=obs.reason,
                              watched=obs.pods is not None)
             elif obs.state == "lost":
                 self._lost(record, watched=obs.pods is not None)
@@ -308,7 +309,7 @@ class _Engine:
         return Charge(flops=flops, gpu_hours=gpu_hours, usd=gpu_hours * price)
 
     def _finish(self, record: RunRecord, summary: RunSummary | None, *, succeeded: bool, cut: str | None = None,
-                watched: bool = False) -> None:
+                watched: bool = False, why: str = "") -> None:
         if summary is not None and summary.run_id not in (record.run_id, "unknown"):
             summary = None  # a result for another run: not trusted
         if succeeded and (summary is None or summary.status != "succeeded" or summary.final_val_loss is None):
@@ -324,7 +325,7 @@ class _Engine:
             self._event("RunSucceeded", f"{record.run_id}: val loss {record.result.final_val_loss:.4f}")
             return
         record.state = "Failed"
-        reason = summary.exit_reason if summary is not None else "no result reported"
+        reason = summary.exit_reason if summary is not None else f"no result reported{': ' + why if why else ''}"
         diverged = summary is not None and summary.status == "diverged"
         if cut and not diverged:
             reason = (f"stopped at its deadline ({cut}): slower than its reservation allowed; charged in full"

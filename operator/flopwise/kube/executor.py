@@ -169,9 +169,9 @@ def observe_run(run_id: str, snapshot: Snapshot, *, gpus_per_pod: int = 1, now: 
 
     digest = next((d for d in (image_digest(p) for p in reversed(pods)) if d), None)
 
-    def seen(state: str, summary: RunSummary | None = None, cut: str | None = None) -> Observation:
+    def seen(state: str, summary: RunSummary | None = None, cut: str | None = None, reason: str = "") -> Observation:
         return Observation(run_id, state, summary, pods=usage, cut=cut,  # type: ignore[arg-type]
-                           image_digest=digest)
+                           image_digest=digest, reason=reason)
 
     job = snapshot.jobs.get(run_id)
     ended = job is not None and (_condition(job, "Failed") or _condition(job, "Complete"))
@@ -189,8 +189,8 @@ def observe_run(run_id: str, snapshot: Snapshot, *, gpus_per_pod: int = 1, now: 
         if terminated is None:
             continue
         summary = _summary_of(terminated)
-        if summary is None:
-            return seen("failed")  # garbled or absent: charged its reservation
+        if summary is None:  # garbled or absent: charged its reservation; the kubelet's words say why
+            return seen("failed", reason=_container_reason(terminated, terminated.get("message") or ""))
         ok = terminated.get("exitCode") == 0 and summary.status == "succeeded"
         return seen("succeeded" if ok else "failed", summary)
     if job is None and run_id in snapshot.rejected:  # never ran: nothing consumed, the engine may retry it
@@ -206,14 +206,35 @@ def observe_run(run_id: str, snapshot: Snapshot, *, gpus_per_pod: int = 1, now: 
                     and left[-1].get("exitCode") == 0:
                 return seen("succeeded", summary)
             reason = _condition_reason(job, "Failed")
-            return seen("failed", summary, cut=reason if reason == "DeadlineExceeded" else None)
+            why = _job_failure(job) if _condition(job, "Failed") else "the Job completed but its Pod is gone"
+            return seen("failed", summary, cut=reason if reason == "DeadlineExceeded" else None, reason=why)
         for pod in current:
             if get_path(pod, "status", "phase") == "Failed":  # evicted or killed before a container status
-                return seen("failed")
+                return seen("failed", reason=_pod_failure(pod))
         return seen("running")
     if run_id in snapshot.config_maps and run_id not in snapshot.forbidden:
         return seen("lost")
     return seen("absent")
+
+
+def _container_reason(terminated: dict[str, Any], message: str) -> str:
+    """The kubelet's account of a container that left no readable summary, e.g. 'container OOMKilled (exit code
+    137)'."""
+    text = f"container {terminated.get('reason') or 'terminated'} (exit code {terminated.get('exitCode')})"
+    return text + (", its termination message is not a run summary" if message.strip() else "")
+
+
+def _job_failure(job: dict[str, Any]) -> str:
+    """The Job controller's reason, e.g. 'Job DeadlineExceeded: Job was active longer than specified deadline'."""
+    for c in get_path(job, "status", "conditions") or []:
+        if c.get("type") == "Failed" and c.get("status") == "True":
+            return f"Job {c.get('reason') or 'Failed'}: {c.get('message') or ''}".strip(": ")[:512]
+    return "Job failed"
+
+
+def _pod_failure(pod: dict[str, Any]) -> str:
+    reason, message = get_path(pod, "status", "reason"), get_path(pod, "status", "message")
+    return f"Pod {reason or 'Failed'}{': ' + message if message else ''}"[:512]
 
 
 def _reason(error: Any) -> str:
