@@ -98,9 +98,9 @@ def test_extensions_never_take_the_final_runs_share() -> None:
 
 
 def test_a_failed_attempt_at_the_edge_size_keeps_its_own_reason() -> None:
-    """The edge run's reason says why nothing was added past it; an earlier failed attempt at the same size
-    (here the added size itself: it fails once, its retry succeeds and is the level's edge) keeps the reason it
-    failed with."""
+    """The edge run's reason says why nothing was added past it, after what it said already (a retry says what
+    it retries); an earlier failed attempt at the same size (here the added size itself: it fails once, its retry
+    succeeds and is the level's edge) keeps the reason it failed with."""
     spec = spec_with(**ISOFLOP)
     failed_once: list[str] = []
 
@@ -119,3 +119,4 @@ def test_a_failed_attempt_at_the_edge_size_keeps_its_own_reason() -> None:
     retry = next(r for r in status.runs if r.planned_id == first.planned_id and r.run_id != first.run_id)
     assert first.state == "Failed" and analysis.NOT_EXTENDED not in first.reason, first.reason
     assert retry.state == "Succeeded" and analysis.NOT_EXTENDED in retry.reason, retry.reason
+    assert retry.reason.startswith((f"retry of {first.run_id}", f"continues {first.run_id}")), retry.reason  # kept

@@ -667,12 +667,12 @@ class _Engine:
 
     def _mark_unextendable(self, edge: analysis.LevelEdge, why: str) -> None:
         """Say on the edge run why the level was not extended, which also closes the level to further tries (only
-        on the run that measured the edge: a failed attempt at the same size keeps its own reason)."""
+        on the run that measured the edge: a failed attempt at the same size keeps its own reason). It is said
+        after what the run said already (that it was an added size, or the retry of a failed attempt)."""
         for record in self.status.runs:
             if record.run_id == edge.edge_run:
                 said = f"{analysis.NOT_EXTENDED}: {why}"
-                record.reason = (f"{record.reason}; {said}" if record.reason.startswith(analysis.EXTENDED)
-                                 else said)[:1024]
+                record.reason = (f"{record.reason}; {said}" if record.reason else said)[:1024]
 
     def _affordable_before_final(self, record: RunRecord) -> bool:
         """Would ``record`` fit the budget less its margin, with the final phase's planned runs still paid for?"""
