@@ -181,12 +181,14 @@ def wait_for(predicate, *, timeout: float, what: str, interval: float = 0.5):
     raise TimeoutError(f"{what} not met in {timeout:.0f} s")
 
 
-def running_pod(release: Release, name: str, run_prefix: str) -> dict | None:
-    """The Running trainer Pod of the first run whose id starts with ``run_prefix``."""
+def running_pod(release: Release, name: str, run_prefix: str, exclude: tuple[str, ...] = ()) -> dict | None:
+    """The Running trainer Pod of the first run whose id starts with ``run_prefix`` (and is not in ``exclude``).
+    A Pod being deleted is not one: it still runs through its grace period while its Job starts another."""
     for pod in campaign_pods(release, name):
         run_id = pod["metadata"]["annotations"][RUN_ID]
         statuses = pod["status"].get("containerStatuses") or []
-        if run_id.startswith(run_prefix) and statuses and "running" in statuses[0].get("state", {}):
+        if run_id.startswith(run_prefix) and run_id not in exclude and not pod["metadata"].get("deletionTimestamp") \
+                and statuses and "running" in statuses[0].get("state", {}):
             return pod
     return None
 

@@ -44,9 +44,9 @@ def job_of(release, name: str, run_id: str) -> dict | None:
     return next((j for j in campaign_jobs(release, name) if j["metadata"]["annotations"][RUN_ID] == run_id), None)
 
 
-def training_pod(release, name: str, prefixes: tuple[str, ...]) -> dict | None:
+def training_pod(release, name: str, prefixes: tuple[str, ...], exclude: tuple[str, ...] = ()) -> dict | None:
     for prefix in prefixes:
-        pod = running_pod(release, name, prefix)
+        pod = running_pod(release, name, prefix, exclude)
         if pod is not None and trainer_started(release, pod):
             return pod
     return None
@@ -89,7 +89,10 @@ def test_deadline_pod_deletion_operator_restart_and_node_restart_lose_nothing(no
     release.kubectl("delete", "pod", victim["metadata"]["name"], "--wait=false")
 
     # 4. the node restarts while a run trains: its containers keep running under containerd
-    restarted = wait_for(lambda: training_pod(release, name, ("final-", "ladder-c2-", "ladder-c1-")), timeout=600,
+    #    (another run than the deleted Pod's: its replacement Pod may still be starting, and a restart then is a
+    #    container that failed to start, a fault of its own — seen once: StartError, exit code 128, and a retry)
+    restarted = wait_for(lambda: training_pod(release, name, ("final-", "ladder-c2-", "ladder-c1-"),
+                                              exclude=(deleted_run,)), timeout=600,
                          what="a run training for the node restart", interval=0.3)
     restart_run = restarted["metadata"]["annotations"][RUN_ID]
     FIGURES["kubelet_restart_ready_s"] = round(nc.restart_kubelet(down_s=3.0), 1)
