@@ -12,7 +12,10 @@ its measured loss lies inside the predicted 95% interval, and |predicted − mea
 Each of the three costs the whole recommendation's FLOPs (the quickstart's: as long as the campaign itself).
 ``--flops-fraction F`` checks the law at F× that budget instead: the fitted law's optimum there (an
 extrapolation beyond the ladder's largest run as long as F·C exceeds it), predicted by the law itself.
-``--sizes recommended`` trains only the first (the prediction check without the optimum check).
+``--sizes recommended`` trains only the first (the prediction check without the optimum check); numbers in
+``--sizes`` are further multiples of the recommended size (``--sizes 0.125,0.25,half,recommended`` measures the
+loss-vs-size profile at the budget, and ``best`` says which size measured lowest). ``--jobs 2`` trains two at
+once (one torch thread each is the quickstart's own setting for tiny models: they are dispatch-bound).
 
 Prints one JSON object: ``predicted``, ``interval``, ``measured`` {recommended, half, double}, the shapes and
 FLOPs of the three, and each goal with its verdict.
@@ -25,6 +28,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from flopwise.api.load import load_campaign
@@ -43,10 +47,12 @@ def main() -> None:
     ap.add_argument("--campaign", type=Path, default=ROOT / "examples" / "quickstart.yaml")
     ap.add_argument("--state-dir", type=Path, default=None, help="default: flopwise-state/<campaign name>")
     ap.add_argument("--out", type=Path, default=None, help="where the three runs write (default: STATE/ground-truth)")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads per run (runs go one after another)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    ap.add_argument("--jobs", type=int, default=1, help="runs trained at once")
     ap.add_argument("--sizes", default="recommended,half,double",
                     help="which of the three to train (each costs the recommendation's FLOPs; the optimum check "
-                         "needs all three, the prediction check only 'recommended')")
+                         "needs all three, the prediction check only 'recommended'); a number is a multiple "
+                         "of the recommended size")
     ap.add_argument("--flops-fraction", type=float, default=1.0,
                     help="train at this fraction of the recommendation's FLOPs (a cheaper check: the size is the "
                          "fitted law's optimum there and the prediction the law's loss; no interval is in the status "
@@ -77,40 +83,40 @@ def main() -> None:
         rec_params = fitted.compute_optimal(flops).params
         if status.allocation is not None and status.allocation.basis == "prior":  # what the campaign recommends
             rec_params = allocation_rule(spec.law).allocate(flops).params
-        elif status.allocation is not None and status.allocation.basis == "approach-2":
+        elif status.allocation is not None and status.allocation.basis in ("approach-2", "approach-2-borrowed"):
             exponent = status.allocation.approach2.exponent if status.allocation.approach2 else None
             rec_params = rec.params * args.flops_fraction ** exponent if exponent else rec_params
         low = high = None
     suffix = "" if args.flops_fraction == 1.0 else f"-{args.flops_fraction:g}"
     out = args.out or state / f"ground-truth{suffix}"
     data = spec.dataset.path if Path(spec.dataset.path).is_absolute() else str(ROOT / spec.dataset.path)
-    measured, shapes = {}, {}
-    wanted = set(args.sizes.split(","))
-    for name, factor in (("recommended", 1.0), ("half", 0.5), ("double", 2.0)):
-        if name not in wanted:
-            continue
+    measured, shapes, runs = {}, {}, {}
+    for name, factor in _sizes(args.sizes):
         shape = rec.shape if factor == 1.0 and args.flops_fraction == 1.0 else shape_for_params(
             rules, rec_params * factor)
         batch = rec.batch_size
         steps = max(2, round(flops / shape.flops_per_token() / (batch * shape.seq_len)))
         schedule = records.schedule(rec.schedule, steps, round(rec.warmup_fraction * steps), rec.decay_fraction or 0.2)
-        run = RunSpec(run_id=f"truth-{name}", campaign=campaign.metadata.name, role="final", shape=shape,
-                      tokens=steps * batch * shape.seq_len, batch_size=batch,
-                      optimizer=OptimizerSpec(lr=rec.learning_rate),
-                      schedule=schedule, mup=MupSpec(parameterization=spec.model.parameterization,
-                                                     base_width=_base_width(status)),
-                      eval=EvalSpec(log_points=4, every_steps=max(1, steps // 8), batches=val_batches(steps)),
-                      data_path=data, output_dir=str(out / name), seed=status.runs[0].seed if status.runs else 0,
-                      device="cpu")
-        measured[name] = _train(run, out / name, args.threads)
-        if name == "recommended" and args.flops_fraction != 1.0:
-            predicted = fitted.loss(shape.param_count(), run.tokens)  # type: ignore[union-attr]
+        runs[name] = RunSpec(run_id=f"truth-{name}", campaign=campaign.metadata.name, role="final", shape=shape,
+                             tokens=steps * batch * shape.seq_len, batch_size=batch,
+                             optimizer=OptimizerSpec(lr=rec.learning_rate),
+                             schedule=schedule, mup=MupSpec(parameterization=spec.model.parameterization,
+                                                            base_width=_base_width(status)),
+                             eval=EvalSpec(log_points=4, every_steps=max(1, steps // 8), batches=val_batches(steps)),
+                             data_path=data, output_dir=str(out / name),
+                             seed=status.runs[0].seed if status.runs else 0, device="cpu")
         shapes[name] = {"params": shape.param_count(), "nLayer": shape.n_layer, "dModel": shape.d_model,
-                        "tokens": run.tokens, "flops": shape.flops_per_token() * run.tokens}
+                        "tokens": runs[name].tokens, "flops": shape.flops_per_token() * runs[name].tokens}
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:  # each run is its own process
+        losses = pool.map(lambda run: _train(run, out / run.run_id.removeprefix("truth-"), args.threads),
+                          runs.values())
+        measured = dict(zip(runs, losses, strict=True))
+    if "recommended" in runs and args.flops_fraction != 1.0:
+        predicted = fitted.loss(shapes["recommended"]["params"], runs["recommended"].tokens)  # type: ignore[union-attr]
     best = min((v for v in measured.values() if v is not None), default=None)
     mine = measured.get("recommended")
     goals = {
-        "recommended_within_1pct_of_best": None if len(measured) < 3 or best is None
+        "recommended_within_1pct_of_best": None if len(measured) < 3 or best is None or mine is None
         else mine is not None and mine <= best * 1.01,
         "measured_inside_interval": None if low is None or mine is None else low <= mine <= high,
         "relative_error_at_most_3pct": None if predicted is None or mine is None
@@ -118,10 +124,30 @@ def main() -> None:
     }
     result = {"campaign": campaign.metadata.name, "flops": flops, "flops_fraction": args.flops_fraction,
               "predicted": predicted, "interval": [low, high],
-              "measured": measured, "shapes": shapes, "learning_rate": rec.learning_rate, "basis": rec.basis,
+              "measured": measured, "shapes": shapes,
+              "best": None if best is None else next(k for k, v in measured.items() if v == best),
+              "learning_rate": rec.learning_rate, "basis": rec.basis,
               "relative_error": None if predicted is None or mine is None else (predicted - mine) / mine,
               "goals": goals}
     print(json.dumps(result, indent=1) if args.json else _text(result))
+
+
+def _sizes(text: str) -> list[tuple[str, float]]:
+    """``recommended,half,double`` or multiples of the recommended size, in the order given."""
+    named = {"recommended": 1.0, "half": 0.5, "double": 2.0}
+    out = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        if item in named:
+            out.append((item, named[item]))
+            continue
+        try:
+            factor = float(item)
+        except ValueError:
+            sys.exit(f"--sizes: {item!r} is neither recommended, half, double nor a multiple such as 0.25")
+        if factor <= 0:
+            sys.exit(f"--sizes: {item!r} must be a positive multiple of the recommended size")
+        out.append(("recommended" if factor == 1.0 else f"x{factor:g}", factor))
+    return out
 
 
 def _base_width(status: TrainingCampaignStatus) -> int:

@@ -224,16 +224,18 @@ class Approach2Status(ApiModel):
 class Allocation(ApiModel):
     """The compute-optimal size at the final budget, what it rests on, and how sure it is."""
 
-    basis: Literal["full", "borrowed", "approach-2", "prior"] = Field(
+    basis: Literal["full", "borrowed", "approach-2", "approach-2-borrowed", "prior"] = Field(
         description="full: the five-parameter fit; borrowed: exponents held at Epoch's refit; approach-2: "
-        "IsoFLOP minima; prior: the planning law, because nothing measured identifies an allocation")
+        "IsoFLOP minima; approach-2-borrowed: IsoFLOP minima with the allocation exponent's prior at Epoch's "
+        "refit; prior: the planning law, because nothing measured identifies an allocation")
     flops: float = Field(ge=0)
     params: float = Field(ge=0)
     params_low: float | None = Field(default=None, ge=0, description="95% interval")
     params_high: float | None = None
     identified: bool = False
     approach2: Approach2Status | None = None
-    agree: bool | None = Field(default=None, description="the parametric and Approach-2 allocations agree")
+    agree: bool | None = Field(default=None, description="the parametric and Approach-2 allocations agree (their "
+                               "intervals overlap or their points are within 1.5×)")
     message: str = Field(default="", max_length=2048)
 
 

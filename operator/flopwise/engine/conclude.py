@@ -17,8 +17,11 @@ Choices, each a departure from or a reading of the papers:
   shared within a WSD trunk; resampling runs fails on 5 trunks. 95% percentile intervals.
 * **Basis of the recommendation**, in order: the five-parameter fit when identified
   (:mod:`flopwise.fitting.identify`); else the exponents held at Epoch's refit (three free parameters; the
-  Hitchhiker's guide: exponents transfer within an architecture family); else Approach 2's N_opt(C); else the
-  prior law the campaign was planned with. Which one, and why the others were not used, is in the status.
+  Hitchhiker's guide: exponents transfer within an architecture family); else Approach 2's N_opt(C); else
+  Approach 2 with its exponent's prior at Epoch's refit (one bracketed level sets the coefficient: the fewest
+  free parameters anything measured can give); else the prior law the campaign was planned with. Each measured
+  basis must put N_opt's 95% interval within 10× (``identify.MAX_ALLOCATION_SPAN``). Which one, and why the others
+  were not used, is in the status.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from flopwise.fitting import identify
 from flopwise.fitting.backtest import backtest
 from flopwise.fitting.bootstrap import BootstrapResult, NoiseModel, bootstrap_parametric, noise_model
 from flopwise.fitting.fit import HOFFMANN_GRID, FitResult, StartGrid, fit_points
-from flopwise.fitting.isoflop import Approach2, approach2, profiles_by_interpolation, profiles_by_level
+from flopwise.fitting.isoflop import EXPONENT_PRIOR, Approach2, approach2, profiles_by_interpolation, profiles_by_level
 from flopwise.fitting.points import FitInputError, FitPoints
 from flopwise.planning.laws import EPOCH, ScalingLaw
 
@@ -249,9 +252,14 @@ def conclude_ladder(records: list[RunRecord], *, flops: float, prior: ScalingLaw
         if cand is not None and not cand.problems:
             basis, chosen = mode, cand
             break
-    if chosen is None and a2 is not None and a2.params is not None \
-            and (a2.params_high or math.inf) / (a2.params_low or 1e-300) <= identify.MAX_ALLOCATION_SPAN:
+    if chosen is None and a2 is not None and _narrow(a2):
         basis = "approach-2"
+    elif chosen is None and a2 is not None:  # too few bracketed levels for an exponent: borrow Epoch's as a prior
+        held = approach2(a2.profiles, flops, interpolated=a2.interpolated, exponent_prior=EXPONENT_PRIOR)
+        if held.params is not None:
+            notes.append(f"Approach 2 alone: {a2.note}")
+            a2 = held
+            basis = "approach-2-borrowed" if _narrow(held) else basis
     for mode, cand in candidates.items():
         if cand is not chosen and cand.problems:
             notes.append(f"{'five-parameter fit' if mode == 'full' else 'borrowed exponents'} not identified: "
@@ -262,16 +270,16 @@ def conclude_ladder(records: list[RunRecord], *, flops: float, prior: ScalingLaw
 
     if basis in ("full", "borrowed"):
         params, low, high = law_source.params, law_source.params_low, law_source.params_high
-    elif basis == "approach-2":
+    elif basis in ("approach-2", "approach-2-borrowed"):
         assert a2 is not None
         params, low, high = a2.params, a2.params_low, a2.params_high
     else:
         params, low, high = prior.allocate(flops).params, None, None
     agree = None
     if a2 is not None and a2.params is not None and basis in ("full", "borrowed") and math.isfinite(params):
-        overlap = low is not None and high is not None and a2.params_low is not None and a2.params_high is not None \
-            and low <= a2.params_high and a2.params_low <= high
-        agree = bool(overlap or max(params / a2.params, a2.params / params) <= AGREEMENT)
+        agree = _agree((params, low, high), (a2.params, a2.params_low, a2.params_high))
+    elif basis == "approach-2-borrowed" and math.isfinite(law_source.params):  # beside the unidentified loss law
+        agree = _agree((params, low, high), (law_source.params, law_source.params_low, law_source.params_high))
     are = None
     if backtest_holdout and law_source.fit.mode in ("full", "borrowed") and pts.n_distinct_sizes() >= 4:
         try:
@@ -294,8 +302,23 @@ def conclude_ladder(records: list[RunRecord], *, flops: float, prior: ScalingLaw
                       bootstrap_laws=law_source.boot.laws() if law_source.boot is not None else [])
 
 
+def _narrow(result: Approach2) -> bool:
+    """Does Approach 2 pin N_opt down (its 95% interval within MAX_ALLOCATION_SPAN)?"""
+    return result.params is not None and \
+        (result.params_high or math.inf) / (result.params_low or 1e-300) <= identify.MAX_ALLOCATION_SPAN
+
+
+def _agree(one: tuple[float, float | None, float | None], other: tuple[float, float | None, float | None]) -> bool:
+    """Two allocations agree when their 95% intervals overlap or their points are within AGREEMENT×."""
+    (p, low, high), (q, q_low, q_high) = one, other
+    overlap = None not in (low, high, q_low, q_high) and low <= q_high and q_low <= high  # type: ignore[operator]
+    return bool(overlap or max(p / q, q / p) <= AGREEMENT)
+
+
 BASIS_NAMES = {"full": "the five-parameter fit", "borrowed": "the fit with exponents held at Epoch's refit",
-               "approach-2": "Approach 2 (IsoFLOP minima)", "prior": "the prior law (nothing measured identifies it)"}
+               "approach-2": "Approach 2 (IsoFLOP minima)",
+               "approach-2-borrowed": "Approach 2 with the allocation exponent's prior at Epoch's refit",
+               "prior": "the prior law (nothing measured identifies it)"}
 
 
 def _message(basis: str, params: float, low: float | None, high: float | None, a2: Approach2 | None,
@@ -304,7 +327,15 @@ def _message(basis: str, params: float, low: float | None, high: float | None, a
     text = f"N_opt {params:.3g}{interval} params from {BASIS_NAMES[basis]}"
     if basis == "prior":
         text += "; NOT IDENTIFIED: " + "; ".join(law_source.problems[:3])
-    if a2 is not None:
+    if basis == "approach-2-borrowed":
+        text += f" ({a2.note if a2 is not None else ''})"
+        if math.isfinite(law_source.params):
+            found = f"{law_source.params:.3g}"
+            if law_source.params_low is not None and law_source.params_high is not None:
+                found += f" [{law_source.params_low:.3g}, {law_source.params_high:.3g}]"
+            text += (f"; the unidentified {law_source.fit.mode} fit: {found}"
+                     + ("" if agree is None else " (agrees)" if agree else " (DISAGREES: check the ladder)"))
+    elif a2 is not None:
         if a2.params is not None:
             text += (f"; Approach 2: {a2.params:.3g} [{a2.params_low:.3g}, {a2.params_high:.3g}]"
                      + ("" if agree is None else " (agrees)" if agree else " (DISAGREES: check the ladder)"))

@@ -745,7 +745,7 @@ class _Engine:
                         f"from {fitted.n_runs} trajectories" + (f"; backtest ARE {fitted.backtest_are:.1%}"
                                                                  if fitted.backtest_are is not None else ""))
         reason = {"full": "FullFit", "borrowed": "BorrowedExponents", "approach-2": "Approach2",
-                  "prior": "NotIdentified"}[allocation.basis]
+                  "approach-2-borrowed": "Approach2BorrowedExponent", "prior": "NotIdentified"}[allocation.basis]
         state = "True" if allocation.basis == "full" else "False"
         self._condition("LawIdentified", state, reason, allocation.message)
         if allocation.basis != "full":
@@ -764,7 +764,8 @@ class _Engine:
             return
         exponent = (self.status.law.beta / (self.status.law.alpha + self.status.law.beta)
                     if self.status.law and self.status.law.alpha + self.status.law.beta > 0 else 0.5)
-        if allocation.basis == "approach-2" and allocation.approach2 and allocation.approach2.exponent:
+        if allocation.basis in ("approach-2", "approach-2-borrowed") and allocation.approach2 \
+                and allocation.approach2.exponent:
             exponent = allocation.approach2.exponent
         rule = PowerLawAllocation(params_exponent=min(max(exponent, 0.05), 0.95), anchor_params=allocation.params,
                                   anchor_flops=allocation.flops, name=f"campaign ({allocation.basis})")

@@ -6,7 +6,8 @@
 * :func:`fit_power_law` — log y = log a + b·log x by weighted least squares, weights 1/se² of each log y,
   extrapolated with the coefficients' covariance (DeepSeek LLM fitted η_opt and N_opt(C) as power laws). With
   three or more points the covariance is inflated by the residual scatter when that is larger (Birge ratio) and
-  a t quantile with n − 2 degrees of freedom is used; with two points, a normal quantile.
+  a t quantile with n − 2 degrees of freedom is used; with two points, a normal quantile. Given a prior on
+  the exponent (Approach 2 with too few levels to fit one), the prior is one more observation of the slope.
 """
 
 from __future__ import annotations
@@ -79,20 +80,34 @@ class PowerLaw:
         return math.exp(mean), math.exp(mean - self.quantile * sd), math.exp(mean + self.quantile * sd)
 
 
-def fit_power_law(xs: list[float], ys: list[float], log_ses: list[float], level: float = LEVEL) -> PowerLaw:
-    """Weighted least squares of log(y) on log(x); needs ≥ 2 distinct x (ValueError otherwise)."""
+def fit_power_law(xs: list[float], ys: list[float], log_ses: list[float], level: float = LEVEL,
+                  exponent_prior: tuple[float, float] | None = None) -> PowerLaw:
+    """Weighted least squares of log(y) on log(x); needs ≥ 2 distinct x (ValueError otherwise).
+
+    ``exponent_prior`` = (mean, sd) adds the exponent's prior as one more observation of it (a Gaussian prior:
+    the posterior mode and covariance of (log a, b)); one x is then enough, the prior carrying the slope and its
+    uncertainty, and with many x the data outweigh it. Intervals then use a normal quantile."""
     x, y = np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float))
-    if len(x) < 2 or np.ptp(x) <= 0:
+    if exponent_prior is None and (len(x) < 2 or np.ptp(x) <= 0):
         raise ValueError("a power law needs values at two or more distinct x")
+    if len(x) < 1:
+        raise ValueError("a power law needs at least one value")
     se = np.maximum(np.asarray(log_ses, float), 1e-3)
     w = 1.0 / se**2
     design = np.stack([np.ones_like(x), x], axis=1)
+    target = y
+    if exponent_prior is not None:
+        mean, sd = exponent_prior
+        design, target = np.vstack([design, [[0.0, 1.0]]]), np.append(y, mean)
+        w = np.append(w, 1.0 / sd**2)
     cov = np.linalg.inv(design.T @ (design * w[:, None]))
-    coef = cov @ design.T @ (w * y)
+    coef = cov @ design.T @ (w * target)
     n = len(x)
-    if n >= 3:
-        chi2 = float(np.sum(w * (y - design @ coef) ** 2))
-        cov = cov * max(1.0, chi2 / (n - 2))
+    dof = n - 2 + (exponent_prior is not None)
+    if dof >= 1 and (exponent_prior is None or dof >= 2):
+        chi2 = float(np.sum(w * (target - design @ coef) ** 2))
+        cov = cov * max(1.0, chi2 / dof)  # Birge ratio: more scatter than the stated errors allow widens it
+    if exponent_prior is None and n >= 3:
         quantile = float(stats.t.ppf(0.5 + level / 2, n - 2))
     else:
         quantile = float(stats.norm.ppf(0.5 + level / 2))

@@ -17,6 +17,13 @@ scale a data-starved size's loss rises far faster than a parameter-starved one's
 best size and its two neighbours. A level whose minimum lies outside
 the sizes it tried (the parabola's vertex clamped to an end) or that is not convex brackets nothing and is left
 out; the power law needs two bracketed levels.
+
+With fewer bracketed levels than that, or levels too close in compute to pin the exponent, :func:`approach2` can
+take the exponent from a prior (``exponent_prior``): Epoch's refit (a = β/(α+β) = 0.513, the exponents the borrowed
+loss law holds) with a standard deviation of 0.11, so that its 95% range [0.30, 0.73] holds every published
+estimate for language models, from Chinchilla's Approach 3 (0.46; Hoffmann et al. Table 2) to Kaplan et al. 2020
+(0.73). One bracketed level then sets the coefficient, and the interval widens with the distance to the budget.
+A departure from Chinchilla, who fitted the exponent from many levels; the status says which was used.
 """
 
 from __future__ import annotations
@@ -27,10 +34,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from flopwise.fitting.curves import PowerLaw, fit_power_law, parabola_vertex
+from flopwise.planning.laws import EPOCH
 
 DEFAULT_NOISE = 0.01
 """Relative loss noise assumed when no seed-noise floor was measured."""
 MIN_SIZES = 3
+EXPONENT_PRIOR = (EPOCH.beta / (EPOCH.alpha + EPOCH.beta), 0.11)
+"""Epoch's a = 0.513 and a standard deviation whose 95% range [0.30, 0.73] holds Chinchilla's 0.46–0.50 and
+Kaplan's 0.73."""
 
 
 @dataclass(frozen=True)
@@ -140,20 +151,25 @@ class Approach2:
     note: str
 
 
-def approach2(profiles: list[Profile], flops: float, *, interpolated: bool = False) -> Approach2:
-    """N_opt at ``flops`` from the bracketed profiles' minima (power law in C), with its 95% interval."""
+def approach2(profiles: list[Profile], flops: float, *, interpolated: bool = False,
+              exponent_prior: tuple[float, float] | None = None) -> Approach2:
+    """N_opt at ``flops`` from the bracketed profiles' minima (power law in C), with its 95% interval; with
+    ``exponent_prior`` (mean, sd) the exponent is the prior's, updated by the levels (one level suffices)."""
     usable = [p for p in profiles if p.bracketed]
     skipped = [p for p in profiles if not p.bracketed]
     why = "; ".join(f"{p.flops:.3g} FLOPs: {p.note}" for p in skipped)
-    if len(usable) < 2 or np.ptp([math.log(p.flops) for p in usable]) <= 0:
+    needed = 1 if exponent_prior is not None else 2
+    if len(usable) < needed or (exponent_prior is None and np.ptp([math.log(p.flops) for p in usable]) <= 0):
         note = f"{len(usable)} of {len(profiles)} compute levels bracket a minimum: too few for N_opt(C)"
         return Approach2(profiles=profiles, law=None, flops=flops, params=None, params_low=None, params_high=None,
                          interpolated=interpolated, note=note + (f" ({why})" if why else ""))
     law = fit_power_law([p.flops for p in usable], [p.params_opt for p in usable],  # type: ignore[misc]
-                        [p.log_se for p in usable])  # type: ignore[misc]
+                        [p.log_se for p in usable], exponent_prior=exponent_prior)  # type: ignore[misc]
     params, low, high = law.predict(flops)
-    note = (f"N_opt ∝ C^{law.exponent:.3f} [{law.exponent_low:.3f}, {law.exponent_high:.3f}] over {len(usable)} "
-            f"{'interpolated ' if interpolated else ''}IsoFLOP profiles gives {params:.3g} params "
-            f"[{low:.3g}, {high:.3g}] at {flops:.3g} FLOPs")
+    held = "" if exponent_prior is None else \
+        f" (exponent's prior {exponent_prior[0]:.3f} ± {exponent_prior[1]:.2f}, Epoch's refit)"
+    note = (f"N_opt ∝ C^{law.exponent:.3f} [{law.exponent_low:.3f}, {law.exponent_high:.3f}]{held} over "
+            f"{len(usable)} {'interpolated ' if interpolated else ''}IsoFLOP profile{'s' if len(usable) > 1 else ''} "
+            f"gives {params:.3g} params [{low:.3g}, {high:.3g}] at {flops:.3g} FLOPs")
     return Approach2(profiles=profiles, law=law, flops=flops, params=params, params_low=low, params_high=high,
                      interpolated=interpolated, note=note + (f"; left out: {why}" if why else ""))

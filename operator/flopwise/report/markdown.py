@@ -73,6 +73,8 @@ BASIS_READING = {
     "borrowed": "the campaign's fit with the exponents held at Epoch's refit (the five-parameter fit was not "
                 "identified)",
     "approach-2": "Approach 2's IsoFLOP minima (no parametric fit was identified)",
+    "approach-2-borrowed": "Approach 2's IsoFLOP minima with the allocation exponent's prior at Epoch's refit (no "
+                           "parametric fit was identified, and too few levels bracket a minimum to fit an exponent)",
     "prior": "**the prior law: nothing the campaign measured identifies an allocation — do not bet on it**",
 }
 
