@@ -181,7 +181,8 @@ GAUGES: list[tuple[str, str, Callable[[TrainingCampaignStatus], float | None]]] 
     ("flopwise_noise_floor_are_ratio", "Seed-noise floor: the ARE a perfect law would have, from k seeds of the "
      "cheapest ladder run.", lambda s: s.noise_floor.floor_are if s.noise_floor else None),
     ("flopwise_law_identified", "1 when the campaign's data identify the allocation it recommends (basis full, "
-     "borrowed exponents, or Approach 2 with a fitted or borrowed exponent), 0 when it falls back to the prior law; absent until the ladder ends.",
+     "borrowed exponents, or Approach 2 with a fitted or borrowed exponent), 0 when it falls back to the prior "
+     "law; absent until the ladder ends.",
      lambda s: None if s.allocation is None else float(s.allocation.identified)),
     ("flopwise_law_full_fit", "1 when the five-parameter fit is identified and is the allocation's basis, 0 when "
      "a law with fewer free parameters had to stand in; absent until the ladder ends.",
