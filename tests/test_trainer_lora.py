@@ -123,7 +123,7 @@ def probe(spec, info, device):
     \"\"\"Everything that holds the process group (the DDP model) is local here and freed on return, before the
     session destroys the group, as in the trainer's own execute(): one held by a module global is torn down in
     interpreter finalization, where gloo aborted a rank now and then ('terminate called without an active
-    exception', 2 of 76 runs).\"\"\"
+    exception': once in CI, once in ~100 runs here).\"\"\"
     trainer = Trainer(spec, info, device)
     ff = trainer.fast_forward
     ran = {"tokens": 0, "tiny": False}  # tokens this rank really forwards inside Fast Forward's tiny-set passes
