@@ -90,7 +90,7 @@ def main() -> None:
     suffix = "" if args.flops_fraction == 1.0 else f"-{args.flops_fraction:g}"
     out = args.out or state / f"ground-truth{suffix}"
     data = spec.dataset.path if Path(spec.dataset.path).is_absolute() else str(ROOT / spec.dataset.path)
-    measured, shapes, runs = {}, {}, {}
+    shapes, runs = {}, {}
     for name, factor in _sizes(args.sizes):
         shape = rec.shape if factor == 1.0 and args.flops_fraction == 1.0 else shape_for_params(
             rules, rec_params * factor)
@@ -108,16 +108,16 @@ def main() -> None:
         shapes[name] = {"params": shape.param_count(), "nLayer": shape.n_layer, "dModel": shape.d_model,
                         "tokens": runs[name].tokens, "flops": shape.flops_per_token() * runs[name].tokens}
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:  # each run is its own process
-        losses = pool.map(lambda run: _train(run, out / run.run_id.removeprefix("truth-"), args.threads),
-                          runs.values())
+        losses = pool.map(lambda run: _train(run, Path(run.output_dir), args.threads), runs.values())
         measured = dict(zip(runs, losses, strict=True))
     if "recommended" in runs and args.flops_fraction != 1.0:
         predicted = fitted.loss(shapes["recommended"]["params"], runs["recommended"].tokens)  # type: ignore[union-attr]
-    best = min((v for v in measured.values() if v is not None), default=None)
+    best_name = min((k for k, v in measured.items() if v is not None), key=measured.__getitem__, default=None)
+    best = None if best_name is None else measured[best_name]
     mine = measured.get("recommended")
     goals = {
         "recommended_within_1pct_of_best": None if len(measured) < 3 or best is None or mine is None
-        else mine is not None and mine <= best * 1.01,
+        else mine <= best * 1.01,
         "measured_inside_interval": None if low is None or mine is None else low <= mine <= high,
         "relative_error_at_most_3pct": None if predicted is None or mine is None
         else abs(predicted - mine) / mine <= 0.03,
@@ -125,7 +125,7 @@ def main() -> None:
     result = {"campaign": campaign.metadata.name, "flops": flops, "flops_fraction": args.flops_fraction,
               "predicted": predicted, "interval": [low, high],
               "measured": measured, "shapes": shapes,
-              "best": None if best is None else next(k for k, v in measured.items() if v == best),
+              "best": best_name,
               "learning_rate": rec.learning_rate, "basis": rec.basis,
               "relative_error": None if predicted is None or mine is None else (predicted - mine) / mine,
               "goals": goals}

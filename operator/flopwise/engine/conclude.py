@@ -321,24 +321,24 @@ BASIS_NAMES = {"full": "the five-parameter fit", "borrowed": "the fit with expon
                "prior": "the prior law (nothing measured identifies it)"}
 
 
+def _with_interval(value: float, low: float | None, high: float | None) -> str:
+    return f"{value:.3g}" + (f" [{low:.3g}, {high:.3g}]" if low is not None and high is not None else "")
+
+
 def _message(basis: str, params: float, low: float | None, high: float | None, a2: Approach2 | None,
              agree: bool | None, law_source: Candidate) -> str:
-    interval = f" [{low:.3g}, {high:.3g}]" if low is not None and high is not None else ""
-    text = f"N_opt {params:.3g}{interval} params from {BASIS_NAMES[basis]}"
+    text = f"N_opt {_with_interval(params, low, high)} params from {BASIS_NAMES[basis]}"
+    verdict = "" if agree is None else " (agrees)" if agree else " (DISAGREES: check the ladder)"
     if basis == "prior":
         text += "; NOT IDENTIFIED: " + "; ".join(law_source.problems[:3])
     if basis == "approach-2-borrowed":
         text += f" ({a2.note if a2 is not None else ''})"
         if math.isfinite(law_source.params):
-            found = f"{law_source.params:.3g}"
-            if law_source.params_low is not None and law_source.params_high is not None:
-                found += f" [{law_source.params_low:.3g}, {law_source.params_high:.3g}]"
-            text += (f"; the unidentified {law_source.fit.mode} fit: {found}"
-                     + ("" if agree is None else " (agrees)" if agree else " (DISAGREES: check the ladder)"))
+            found = _with_interval(law_source.params, law_source.params_low, law_source.params_high)
+            text += f"; the unidentified {law_source.fit.mode} fit: {found}{verdict}"
     elif a2 is not None:
         if a2.params is not None:
-            text += (f"; Approach 2: {a2.params:.3g} [{a2.params_low:.3g}, {a2.params_high:.3g}]"
-                     + ("" if agree is None else " (agrees)" if agree else " (DISAGREES: check the ladder)"))
+            text += f"; Approach 2: {_with_interval(a2.params, a2.params_low, a2.params_high)}{verdict}"
         else:
             text += f"; Approach 2: {a2.note}"
     return text[:2048]

@@ -103,10 +103,9 @@ def fit_power_law(xs: list[float], ys: list[float], log_ses: list[float], level:
     cov = np.linalg.inv(design.T @ (design * w[:, None]))
     coef = cov @ design.T @ (w * target)
     n = len(x)
-    dof = n - 2 + (exponent_prior is not None)
-    if dof >= 1 and (exponent_prior is None or dof >= 2):
+    if n >= 3:  # Birge ratio: more scatter than the stated errors allow widens it (a prior row is one more dof)
         chi2 = float(np.sum(w * (target - design @ coef) ** 2))
-        cov = cov * max(1.0, chi2 / dof)  # Birge ratio: more scatter than the stated errors allow widens it
+        cov = cov * max(1.0, chi2 / (n - 2 + (exponent_prior is not None)))
     if exponent_prior is None and n >= 3:
         quantile = float(stats.t.ppf(0.5 + level / 2, n - 2))
     else:
