@@ -27,7 +27,7 @@ from flopwise.fitting.isoflop import (
 )
 from flopwise.planning.laws import CHINCHILLA_3, EPOCH, ScalingLaw, allocation_rule
 from flopwise.planning.plan import final_budget, plan_campaign
-from flopwise.simulate import CurveModel, curve, finish
+from flopwise.simulate import CurveModel, curve, finish, ladder_with_edges
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -261,3 +261,49 @@ def test_the_quickstart_as_measured_recommends_near_the_size_that_measured_best(
     assert nearest == int(np.argmin(losses))  # of the sizes trained, the one nearest the recommendation was best
     prior = allocation_rule("chinchilla-1").allocate(truth["flops"]).params
     assert abs(math.log(alloc.params / measured)) < abs(math.log(prior / measured)) / 3  # 1.12× off against 2.1×
+    # The loss: the law is not identified and fits these short runs only roughly (3-4% residuals), so its level
+    # at the budget is its least sure part; the prediction is the largest bracketed level's measured minimum
+    # carried by the law's ratio. The recommended model, trained for real, measured 1.2577: the law alone said
+    # 1.304 (+3.7%); carried, it is within 3% and inside the interval. (This is the data the method was chosen
+    # on, so this is a regression check; the ground truth of the two other sizes, measured after, is in RESULTS.)
+    rec = truth["recommended"]
+    made = found.predict(rec["params"], rec["tokens"])
+    assert found.anchor is not None and "IsoFLOP minimum" in made.source and found.anchor.flops > 5e11
+    assert abs(made.loss / rec["finalValLoss"] - 1) < 0.03 < abs(found.law.loss(rec["params"], rec["tokens"])
+                                                                  / rec["finalValLoss"] - 1)
+    assert made.loss_low < rec["finalValLoss"] < made.loss_high
+
+
+def test_an_unidentified_law_predicts_from_the_measured_isoflop_minimum() -> None:
+    """The quickstart's own design (edge sizes included) under a byte-level law like the one its real runs
+    measured (`benchmarks/calibration.py`'s `measured_truth`: α = β = 0.4, not Epoch's exponents); on this draw
+    neither fit is identified and Approach 2 with the borrowed exponent is the basis. The target's loss is then
+    carried from the largest bracketed level's minimum, and its interval holds the true loss."""
+    spec = parse_campaign(yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())).spec
+    plan = plan_campaign(spec)
+    recs = build.ladder_records(plan.ladder.runs, kind=spec.tuning.schedule, lr_for=lambda _: 0.006,
+                                warmup_fraction=0.05, decay_fraction=spec.tuning.decay_fraction, seed=0)
+    headroom = plan.budget_flops * (1 - spec.budget.margin) - sum(r.flops for r in plan.all_runs())
+    truth = ScalingLaw(E=0.667, A=31.77, B=193.3, alpha=0.4, beta=0.4)
+    done = ladder_with_edges(spec, recs, CurveModel(truth=truth, noise=0.01), np.random.default_rng(4), headroom)
+    assert any(r.reason.startswith("size extended") for r in done)  # a level was lowest at an edge
+    flops = final_budget(spec)
+    found = conclude_ladder(done, flops=flops, prior=allocation_rule(spec.law), resamples=60, grid=COARSE_GRID,
+                            backtest_holdout=False)
+    alloc = found.allocation
+    assert alloc.basis == "approach-2-borrowed" and not found.status.identified, alloc.message
+    assert alloc.params_low < truth.compute_optimal(flops).params < alloc.params_high
+    params, tokens = alloc.params, flops / (6 * alloc.params)
+    made = found.predict(params, tokens)
+    anchor = found.anchor
+    assert anchor is not None and made.source.startswith("the IsoFLOP minimum")
+    assert made.loss == pytest.approx(anchor.loss * found.law.loss(params, tokens)
+                                      / found.law.loss(anchor.params, anchor.tokens))
+    assert made.loss_low < truth.loss(params, tokens) < made.loss_high
+    # on another draw the borrowed-exponent fit is identified: the prediction is that law's, and says so
+    other = ladder_with_edges(spec, recs, CurveModel(truth=truth, noise=0.01), np.random.default_rng(0), headroom)
+    found = conclude_ladder(other, flops=flops, prior=allocation_rule(spec.law), resamples=60, grid=COARSE_GRID,
+                            backtest_holdout=False)
+    assert found.allocation.basis == "borrowed" and found.anchor is None
+    made = found.predict(params, tokens)
+    assert made.source == "the borrowed fit" and made.loss == found.law.loss(params, tokens)

@@ -220,7 +220,7 @@ def test_status_and_report_commands_read_a_local_state_folder(tmp_path: Path, jo
     assert f"{status.ledger.used_percent:.1f}% of" in out and "left" in out
     running = next(r for r in status.runs if r.state == "Running")
     assert running.run_id in out and "starting" in out  # no trainer wrote progress here
-    assert "(the campaign's fit)" in out and "campaign ETA" in out
+    assert status.prediction.source and f"({status.prediction.source})" in out and "campaign ETA" in out
     # without an argument: the only campaign under ./flopwise-state
     (tmp_path / "flopwise-state").mkdir()
     (tmp_path / "state").rename(tmp_path / "flopwise-state" / "tiny")

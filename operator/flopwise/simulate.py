@@ -27,8 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flopwise.api.spec import TrainingCampaignSpec
 from flopwise.api.status import RunRecord, RunResult
 from flopwise.contract import lr_at
+from flopwise.engine import analysis, records
 from flopwise.engine.records import MIN_LR_RATIO
 from flopwise.planning.laws import ScalingLaw
 
@@ -78,3 +80,29 @@ def finish(model: CurveModel, records: list[RunRecord], rng: np.random.Generator
                            curve=[{"tokens": t, "val_loss": v} for t, v in samples])
         out.append(rec.model_copy(update={"state": "Succeeded", "result": result}))
     return out
+
+
+def ladder_with_edges(spec: TrainingCampaignSpec, planned: list[RunRecord], model: CurveModel,
+                      rng: np.random.Generator, headroom_flops: float) -> list[RunRecord]:
+    """A whole ladder as the engine runs it: the planned runs, then, for an IsoFLOP ladder, each level still lowest
+    at an edge gets the engine's next size past it (`analysis.edge_extensions`), one round at a time as the
+    engine adds them once the runs before have finished, while ``headroom_flops`` (what the budget leaves beside
+    the planned runs and the final's share) pays for them."""
+    draws: dict[str, float] = {}
+    done = finish(model, planned, rng, draws)
+    left, lr = headroom_flops, planned[0].learning_rate
+    while True:
+        added = []
+        for edge, run in analysis.edge_extensions(spec, done):
+            if isinstance(run, str) or run.flops > left:
+                analysis.close_edge(done, edge, run if isinstance(run, str) else "over the budget left")
+                continue
+            left -= run.flops
+            record = records.ladder_records([run], kind=spec.tuning.schedule, lr_for=lambda _: lr,
+                                            warmup_fraction=planned[0].warmup_fraction,
+                                            decay_fraction=spec.tuning.decay_fraction, seed=0)[0]
+            record.reason = f"{analysis.EXTENDED} past the {edge.side} size of level {edge.level}"
+            added.append(record)
+        if not added:
+            return done
+        done += finish(model, added, rng, draws)

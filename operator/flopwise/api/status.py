@@ -247,6 +247,8 @@ class Prediction(ApiModel):
     loss: float
     loss_low: float | None = None
     loss_high: float | None = None
+    source: str | None = Field(default=None, max_length=512, description="where the loss comes from: the fitted "
+                               "law at (params, tokens), or a measured loss carried to them by the law's ratio")
 
 
 class RunCounts(ApiModel):

@@ -9,9 +9,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from flopwise.api.status import NoiseFloorStatus, Round2Candidate, RunRecord, TransferStatus, WidthOptimum
+from flopwise.api.spec import TrainingCampaignSpec
+from flopwise.api.status import NoiseFloorStatus, PlannedRun, Round2Candidate, RunRecord, TransferStatus, WidthOptimum
 from flopwise.engine import transfer
 from flopwise.fitting.points import FitInputError
+from flopwise.planning.laws import allocation_rule
+from flopwise.planning.plan import isoflop_extension
 
 EARLY_BEST_FRACTION = 0.10  # playbook: best step always in the first 10% → too many steps
 LATE_BEST_FRACTION = 0.75  # playbook: best step in the last 25% → train longer
@@ -244,6 +247,7 @@ def seed_floor(records: list[RunRecord], backtest_are: float | None) -> NoiseFlo
     return status
 
 
+EDGE_EXTENSIONS = 2  # sizes an IsoFLOP level may add past its edge (one at a time) before its profile is left out
 EXTENDED = "size extended"  # the reason of a run added past an IsoFLOP level's edge
 NOT_EXTENDED = "no size past this edge"  # the reason of an edge run when no size could be added past it
 
@@ -289,3 +293,33 @@ def isoflop_edges(records: list[RunRecord]) -> list[LevelEdge]:
             extended=sum(1 for r in runs if r.reason.startswith(EXTENDED)),
             closed=any(NOT_EXTENDED in r.reason for r in runs)))
     return edges
+
+
+def edge_extensions(spec: TrainingCampaignSpec, records: list[RunRecord]) -> list[tuple[LevelEdge, PlannedRun | str]]:
+    """Every IsoFLOP level still lowest at an edge (fewer than EDGE_EXTENSIONS sizes added, not closed) with the
+    next size to try past it, or why there is none. The engine adds these runs as the budget allows; the
+    calibration benchmark simulates the same decisions."""
+    if spec.ladder.design != "isoflop":
+        return []
+    out: list[tuple[LevelEdge, PlannedRun | str]] = []
+    taken_ids = {r.planned_id for r in records}
+    for edge in isoflop_edges(records):
+        if edge.extended >= EDGE_EXTENSIONS or edge.closed:
+            continue
+        index = sum(1 for r in records if r.level == edge.level)
+        while f"ladder-c{edge.level}-{index:02d}" in taken_ids:
+            index += 1
+        out.append((edge, isoflop_extension(spec, allocation_rule(spec.law), flops=edge.flops,
+                                            beyond=edge.edge_params, side=edge.side, taken=edge.taken,
+                                            run_id=f"ladder-c{edge.level}-{index:02d}", level=edge.level)))
+    return out
+
+
+def close_edge(records: list[RunRecord], edge: LevelEdge, why: str) -> None:
+    """Say on the edge run why the level was not extended, which also closes the level to further tries (only
+    on the run that measured the edge: a failed attempt at the same size keeps its own reason). It is said
+    after what the run said already (that it was an added size, or the retry of a failed attempt)."""
+    for record in records:
+        if record.run_id == edge.edge_run:
+            said = f"{NOT_EXTENDED}: {why}"
+            record.reason = (f"{record.reason}; {said}" if record.reason else said)[:1024]

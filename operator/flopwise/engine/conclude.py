@@ -103,32 +103,65 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class Anchor:
+    """A measured compute-optimal loss a prediction is carried from: the minimum of the largest IsoFLOP level that
+    brackets one (its parabola's vertex), with the tokens a model of that size trains on at the level's compute."""
+
+    params: float
+    tokens: float
+    loss: float
+    flops: float
+    sd: float  # relative: the noise of one run, an upper bound for a vertex read off three or more runs
+
+    def describe(self) -> str:
+        return (f"the IsoFLOP minimum at {self.flops:.3g} FLOPs ({self.params:.3g} params, loss {self.loss:.4g}) "
+                "carried by the law's ratio")
+
+
+@dataclass(frozen=True)
 class Conclusion:
     law: ScalingLaw  # the law the loss prediction comes from
     status: FittedLaw
     allocation: Allocation
     bootstrap_laws: list[ScalingLaw] = field(default_factory=list)
+    anchor: Anchor | None = None  # set when the loss law is not identified but an IsoFLOP level brackets its minimum
 
-    def predict_from(self, params: float, tokens: float, anchor_tokens: float, anchor_loss: float,
-                     noise_sd: float, level: float = LEVEL) -> Prediction:
-        """The final loss of a run of ``params`` whose own annealed loss at ``anchor_tokens`` was ``anchor_loss``:
-        the anchor times the law's ratio L(N, D) / L(N, D_anchor). The run's own evidence sets its level (a
-        regime change at its size shows in it), the law only carries it from the anchor to the end — the D term,
-        which the ladder's several token counts per size identify. Intervals: every bootstrap law's ratio, times
-        the seed noise the anchor and the end do not share (``noise_sd``)."""
-        ratio = self.law.loss(params, tokens) / self.law.loss(params, anchor_tokens)
+    def carried(self, params: float, tokens: float, anchor: tuple[float, float, float], noise_sd: float,
+                source: str, level: float = LEVEL) -> Prediction:
+        """The final loss at (``params``, ``tokens``) from a measured annealed loss ``anchor`` = (N, D, loss): the
+        anchor times the law's ratio L(params, tokens) / L(N, D). The measurement sets the level (a law that fits
+        the ladder only roughly, or is not identified, is least sure of its level), the law only carries it.
+        Intervals: every bootstrap law's ratio, times the noise of the anchor that the end does not share
+        (``noise_sd``)."""
+        from_params, from_tokens, from_loss = anchor
+        ratio = self.law.loss(params, tokens) / self.law.loss(from_params, from_tokens)
         low = high = None
         if self.bootstrap_laws:
             rng = np.random.default_rng(0)
-            ratios = np.array([b.loss(params, tokens) / b.loss(params, anchor_tokens) for b in self.bootstrap_laws])
-            draws = anchor_loss * ratios * np.exp(rng.normal(0.0, noise_sd, ratios.size))
+            ratios = np.array([b.loss(params, tokens) / b.loss(from_params, from_tokens)
+                               for b in self.bootstrap_laws])
+            draws = from_loss * ratios * np.exp(rng.normal(0.0, noise_sd, ratios.size))
             draws = draws[np.isfinite(draws)]
             if draws.size:
                 tail = (1 - level) / 2 * 100
                 low, high = (float(v) for v in np.percentile(draws, [tail, 100 - tail]))
-        return Prediction(params=params, tokens=tokens, loss=anchor_loss * ratio, loss_low=low, loss_high=high)
+        return Prediction(params=params, tokens=tokens, loss=from_loss * ratio, loss_low=low, loss_high=high,
+                          source=source[:512])
+
+    def predict_from(self, params: float, tokens: float, anchor_tokens: float, anchor_loss: float,
+                     noise_sd: float, level: float = LEVEL) -> Prediction:
+        """The final loss of a run of ``params`` whose own annealed loss at ``anchor_tokens`` was ``anchor_loss``
+        (the partial check's leg): the run's own evidence sets its level (a regime change at its size shows in
+        it), the law only carries it from the anchor to the end — the D term, which the ladder's several token
+        counts per size identify."""
+        return self.carried(params, tokens, (params, anchor_tokens, anchor_loss), noise_sd,
+                            f"the partial leg's loss at {anchor_tokens:.3g} tokens carried by the law's ratio", level)
 
     def predict(self, params: float, tokens: float, level: float = LEVEL) -> Prediction:
+        """The law's loss at (``params``, ``tokens``), or, with an ``anchor``, the anchor's loss carried there."""
+        if self.anchor is not None:
+            a = self.anchor
+            return self.carried(params, tokens, (a.params, a.tokens, a.loss), a.sd, a.describe(), level)
         loss = self.law.loss(params, tokens)
         low = high = None
         if self.bootstrap_laws:
@@ -137,7 +170,9 @@ class Conclusion:
             if draws.size:
                 tail = (1 - level) / 2 * 100
                 low, high = (float(v) for v in np.percentile(draws, [tail, 100 - tail]))
-        return Prediction(params=params, tokens=tokens, loss=loss, loss_low=low, loss_high=high)
+        identified = "" if self.status.identified else " (not identified)"
+        return Prediction(params=params, tokens=tokens, loss=loss, loss_low=low, loss_high=high,
+                          source=f"the {self.status.mode} fit{identified}")
 
 
 def _optimum(law: ScalingLaw, flops: float) -> float | None:
@@ -298,8 +333,33 @@ def conclude_ladder(records: list[RunRecord], *, flops: float, prior: ScalingLaw
                        notes=[n[:1024] for n in notes][:8])
     allocation = Allocation(basis=basis, flops=flops, params=params, params_low=low, params_high=high,
                             identified=identified, approach2=_approach2_status(a2), agree=agree, message=message)
+    anchor = _anchor(a2, ends, law_source.noise.sigma) if basis in ("approach-2", "approach-2-borrowed") else None
     return Conclusion(law=law, status=status, allocation=allocation,
-                      bootstrap_laws=law_source.boot.laws() if law_source.boot is not None else [])
+                      bootstrap_laws=law_source.boot.laws() if law_source.boot is not None else [], anchor=anchor)
+
+
+def _anchor(a2: Approach2 | None, ends: Endpoints, sd: float) -> Anchor | None:
+    """The minimum of the largest IsoFLOP level that brackets one, as an anchor for the loss prediction; the
+    tokens at its size from the flops per token of the sizes around it (interpolated in log)."""
+    bracketed = [p for p in (a2.profiles if a2 is not None else []) if p.bracketed and p.loss_min is not None]
+    if not bracketed:
+        return None
+    top = max(bracketed, key=lambda p: p.flops)
+    order = np.argsort(ends.points.params)
+    fpt = math.exp(float(np.interp(math.log(top.params_opt), np.log(ends.points.params[order]),  # type: ignore[arg-type]
+                                   np.log(ends.flops_per_token[order]))))
+    return Anchor(params=top.params_opt, tokens=top.flops / fpt, loss=top.loss_min,  # type: ignore[arg-type]
+                  flops=top.flops, sd=sd)
+
+
+def allocation_exponent(alpha: float | None, beta: float | None, allocation: Allocation | None) -> float:
+    """How N_opt grows with compute around the allocation (N ∝ C^a), for re-planning the target: Approach 2's
+    exponent when it is the basis, else the loss law's β / (α + β) (0.5 without one), kept within [0.05, 0.95]."""
+    exponent = beta / (alpha + beta) if alpha is not None and beta is not None and alpha + beta > 0 else 0.5
+    if allocation is not None and allocation.basis in ("approach-2", "approach-2-borrowed") \
+            and allocation.approach2 and allocation.approach2.exponent:
+        exponent = allocation.approach2.exponent
+    return min(max(exponent, 0.05), 0.95)
 
 
 def _narrow(result: Approach2) -> bool:

@@ -50,7 +50,7 @@ from flopwise.fitting.points import FitInputError
 from flopwise.overview.columns import status_display
 from flopwise.planning.budget import Pool
 from flopwise.planning.laws import PowerLawAllocation, allocation_rule
-from flopwise.planning.plan import PlanError, final_budget, isoflop_extension, plan_campaign, plan_final, pool_of
+from flopwise.planning.plan import PlanError, final_budget, plan_campaign, plan_final, pool_of
 
 ObservedState = Literal["absent", "running", "queued", "succeeded", "failed", "lost"]
 TERMINAL = ("Succeeded", "Failed", "Lost")
@@ -59,7 +59,6 @@ INTERIM_MIN_POINTS = 6  # a quick fit while the ladder runs needs this many anne
 INTERIM_EVERY = 3  # and is redone every this many new ones
 PARTIAL_NOISE = 0.01  # relative seed noise assumed at the target when no seed replicas measured it
 DISTINCT_LR = math.log(1.25)  # Round 2 compares learning rates at least this far apart in log (Round 1's steps: ×2)
-EDGE_EXTENSIONS = 2  # sizes an IsoFLOP level may add past its edge (one at a time) before its profile is left out
 
 
 @dataclass(frozen=True)
@@ -628,21 +627,8 @@ class _Engine:
         (at most EDGE_EXTENSIONS per level, one at a time), as Round 1's grid does past its edge: a profile
         whose minimum lies outside the sizes tried gives Approach 2 nothing, and the parametric fit then rests
         on a curve seen from one side. Paid from what the budget has left, never from the final run's share."""
-        plan = self.status.plan
-        assert plan is not None
-        if self.spec.ladder.design != "isoflop":
-            return False
         added = False
-        for edge in analysis.isoflop_edges(self.status.runs):
-            if edge.extended >= EDGE_EXTENSIONS or edge.closed:
-                continue
-            taken_ids = {r.planned_id for r in self.status.runs}
-            index = sum(1 for r in self.status.runs if r.level == edge.level)
-            while f"ladder-c{edge.level}-{index:02d}" in taken_ids:
-                index += 1
-            planned = isoflop_extension(self.spec, allocation_rule(self.spec.law), flops=edge.flops,
-                                        beyond=edge.edge_params, side=edge.side, taken=edge.taken,
-                                        run_id=f"ladder-c{edge.level}-{index:02d}", level=edge.level)
+        for edge, planned in analysis.edge_extensions(self.spec, self.status.runs):
             where = f"IsoFLOP level {edge.level} ({edge.flops:.3g} FLOPs) is lowest at its {edge.side} size " \
                     f"({edge.edge_params:,.0f} params)"
             if isinstance(planned, str):
@@ -666,13 +652,7 @@ class _Engine:
         return added
 
     def _mark_unextendable(self, edge: analysis.LevelEdge, why: str) -> None:
-        """Say on the edge run why the level was not extended, which also closes the level to further tries (only
-        on the run that measured the edge: a failed attempt at the same size keeps its own reason). It is said
-        after what the run said already (that it was an added size, or the retry of a failed attempt)."""
-        for record in self.status.runs:
-            if record.run_id == edge.edge_run:
-                said = f"{analysis.NOT_EXTENDED}: {why}"
-                record.reason = (f"{record.reason}; {said}" if record.reason else said)[:1024]
+        analysis.close_edge(self.status.runs, edge, why)
 
     def _affordable_before_final(self, record: RunRecord) -> bool:
         """Would ``record`` fit the budget less its margin, with the final phase's planned runs still paid for?"""
@@ -762,12 +742,9 @@ class _Engine:
             self._condition("Degraded", "True", "NotIdentified", f"keeping the {plan.target.law} target: "
                             "nothing the campaign measured identifies an allocation")
             return
-        exponent = (self.status.law.beta / (self.status.law.alpha + self.status.law.beta)
-                    if self.status.law and self.status.law.alpha + self.status.law.beta > 0 else 0.5)
-        if allocation.basis in ("approach-2", "approach-2-borrowed") and allocation.approach2 \
-                and allocation.approach2.exponent:
-            exponent = allocation.approach2.exponent
-        rule = PowerLawAllocation(params_exponent=min(max(exponent, 0.05), 0.95), anchor_params=allocation.params,
+        law = self.status.law
+        exponent = conclude.allocation_exponent(law.alpha if law else None, law.beta if law else None, allocation)
+        rule = PowerLawAllocation(params_exponent=exponent, anchor_params=allocation.params,
                                   anchor_flops=allocation.flops, name=f"campaign ({allocation.basis})")
         try:
             plan.target, plan.final = plan_final(self.spec, rule)

@@ -163,8 +163,9 @@ def build_overview(status: TrainingCampaignStatus, *, name: str, spec: TrainingC
     if prediction is not None:
         interval = (f" [{fmt.loss(prediction.loss_low)}, {fmt.loss(prediction.loss_high)}]"
                     if prediction.loss_low is not None and prediction.loss_high is not None else "")
+        source = prediction.source or "the campaign's fit"
         prediction_text = (f"{fmt.loss(prediction.loss)}{interval} at {fmt.count(prediction.params)} params on "
-                           f"{fmt.count(prediction.tokens)} tokens (the campaign's fit)")
+                           f"{fmt.count(prediction.tokens)} tokens ({source})")
     elif status.plan is not None:
         prediction_text = target_loss_text(status.plan.target, status.plan.target.shape.vocab_size)
     return Overview(

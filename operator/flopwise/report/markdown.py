@@ -142,7 +142,8 @@ def summary(spec: TrainingCampaignSpec, status: TrainingCampaignStatus, name: st
     prediction = status.prediction
     if prediction is not None:
         parts.append(f"Its predicted validation loss is **{fmt.loss(prediction.loss)}** "
-                     f"(95% interval {_interval(prediction.loss_low, prediction.loss_high)}).")
+                     f"(95% interval {_interval(prediction.loss_low, prediction.loss_high)})"
+                     + (f", from {prediction.source}." if prediction.source else "."))
     if not spec.final.enabled:
         parts.append("The final run is not enabled: the target is a recommendation, not a run.")
     if status.message:
