@@ -163,7 +163,8 @@ def test_campaign_eta_shrinks_as_runs_finish_and_ends_with_the_campaign(journey)
     assert done.phase == "Succeeded"
     assert campaign_eta(done, Throughput.of(done, 2, 1), {}, t2) is None
     lines = "\n".join(text_lines(build_overview(done, name="tiny", spec=SPEC, now=t2)))
-    for text in ("Succeeded", "recommendation", "backtest ARE", "the campaign's fit", "ended"):
+    for text in ("Succeeded", "recommendation", "backtest ARE", f"({done.prediction.source})",
+                 "sized by the campaign's own allocation (full)", "ended"):
         assert text in lines, lines
 
 
