@@ -17,6 +17,10 @@ extrapolation beyond the ladder's largest run as long as F·C exceeds it), predi
 loss-vs-size profile at the budget, and ``best`` says which size measured lowest). ``--jobs 2`` trains two at
 once (one torch thread each is the quickstart's own setting for tiny models: they are dispatch-bound).
 
+``--reconclude`` predicts with this checkout's engine from the campaign's own records (a state an older engine
+wrote keeps its runs; the conclusion is recomputed as the engine makes it at the ladder's end) and adds
+``predicted_each``: the engine's prediction, with its interval, at every size trained.
+
 Prints one JSON object: ``predicted``, ``interval``, ``measured`` {recommended, half, double}, the shapes and
 FLOPs of the three, and each goal with its verdict.
 """
@@ -35,8 +39,11 @@ from flopwise.api.load import load_campaign
 from flopwise.api.status import TrainingCampaignStatus
 from flopwise.contract import EvalSpec, MupSpec, OptimizerSpec, RunSpec
 from flopwise.engine import records
+from flopwise.engine.conclude import conclude_ladder
+from flopwise.engine.machine import campaign_seed
 from flopwise.engine.runspec import val_batches
 from flopwise.planning.laws import ScalingLaw, allocation_rule
+from flopwise.planning.plan import final_budget
 from flopwise.planning.shapes import ShapeRules, shape_for_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +64,8 @@ def main() -> None:
                     help="train at this fraction of the recommendation's FLOPs (a cheaper check: the size is the "
                          "fitted law's optimum there and the prediction the law's loss; no interval is in the status "
                          "for it, so that goal reads null)")
+    ap.add_argument("--reconclude", action="store_true",
+                    help="predict with this checkout's engine from the campaign's records, at every size trained")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     campaign = load_campaign(args.campaign)
@@ -112,6 +121,14 @@ def main() -> None:
         measured = dict(zip(runs, losses, strict=True))
     if "recommended" in runs and args.flops_fraction != 1.0:
         predicted = fitted.loss(shapes["recommended"]["params"], runs["recommended"].tokens)  # type: ignore[union-attr]
+    each = None
+    if args.reconclude:
+        found = _reconclude(status, spec, campaign.metadata.name)
+        each = {name: found.predict(shapes[name]["params"], shapes[name]["tokens"]).model_dump(by_alias=True)
+                for name in shapes}
+        if "recommended" in each and args.flops_fraction == 1.0:
+            made = each["recommended"]
+            predicted, low, high = made["loss"], made["lossLow"], made["lossHigh"]
     best_name = min((k for k, v in measured.items() if v is not None), key=measured.__getitem__, default=None)
     best = None if best_name is None else measured[best_name]
     mine = measured.get("recommended")
@@ -126,10 +143,19 @@ def main() -> None:
               "predicted": predicted, "interval": [low, high],
               "measured": measured, "shapes": shapes,
               "best": best_name,
-              "learning_rate": rec.learning_rate, "basis": rec.basis,
+              "learning_rate": rec.learning_rate, "basis": rec.basis, "predicted_each": each,
               "relative_error": None if predicted is None or mine is None else (predicted - mine) / mine,
               "goals": goals}
     print(json.dumps(result, indent=1) if args.json else _text(result))
+
+
+def _reconclude(status: TrainingCampaignStatus, spec, name: str):
+    """The conclusion this checkout's engine draws from the campaign's records, as at the ladder's end (default
+    bootstrap and start grid, the campaign's seed and noise floor)."""
+    floor = status.noise_floor
+    floor_sd = floor.sd / floor.mean_loss if floor is not None and floor.sd is not None and floor.mean_loss else None
+    return conclude_ladder(status.runs, flops=final_budget(spec), prior=allocation_rule(spec.law),
+                           seed=campaign_seed(name), floor_sd=floor_sd)
 
 
 def _sizes(text: str) -> list[tuple[str, float]]:
