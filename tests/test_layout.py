@@ -33,3 +33,25 @@ def test_standard_operator_module_is_not_shadowed() -> None:
                          text=True, check=True, cwd=__import__("pathlib").Path(__file__).resolve().parents[1])
     assert "site-packages" not in out.stdout and out.stdout.strip().endswith("operator.py")
     assert "/operator/" not in out.stdout.replace("lib/python", "")
+
+
+def test_every_module_imports_on_its_own() -> None:
+    """Each module of the operator's package imports first, in an interpreter where no other flopwise module is
+    loaded: an import cycle that only works in one order (`flopwise status` once met one) fails here."""
+    code = """
+import importlib, pkgutil, sys
+import flopwise
+names = sorted(m.name for m in pkgutil.walk_packages(flopwise.__path__, "flopwise.") if not m.name.endswith("__main__"))
+failed = []
+for name in names:
+    for loaded in [m for m in sys.modules if m == "flopwise" or m.startswith("flopwise.")]:
+        del sys.modules[loaded]
+    try:
+        importlib.import_module(name)
+    except Exception as error:  # noqa: BLE001
+        failed.append(f"{name}: {error!r}")
+print(len(names)); print("\\n".join(failed))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    count, *failed = out.stdout.strip().split("\n")
+    assert int(count) > 50 and not [f for f in failed if f], failed

@@ -213,19 +213,11 @@ def run_view(record: RunRecord, progress: RunProgress | None, rate: Throughput |
                    eta_s=running_remaining(record, None, rate, now), loss=None)
 
 
-def sized_by(law: str) -> str:
-    """Whose allocation sized the target: a prior law, or the campaign's own (its basis in parentheses)."""
-    if law in LAWS:
-        return f"the {law} prior"
-    basis = law[len("campaign ("):-1] if law.startswith("campaign (") and law.endswith(")") else None
-    return f"the campaign's own allocation ({basis})" if basis else "the campaign's fitted law"
-
-
 def target_text(plan: Plan | None) -> str | None:
     if plan is None:
         return None
     t = plan.target
-    sized = sized_by(t.law)
+    sized = fmt.sized_by(t.law)
     return (f"{fmt.count(t.params)} params ({t.shape.n_layer}×{t.shape.d_model}) on {fmt.count(t.tokens)} tokens "
             f"({t.tokens_per_param:.1f} tokens/param), sized by {sized}")
 

@@ -91,3 +91,13 @@ def duration(seconds: float | None) -> str:
     if s < 86400:
         return f"{s // 3600}h {s % 3600 // 60:02d}m"
     return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def sized_by(law: str) -> str:
+    """Whose allocation sized the target: a prior law, or the campaign's own (its basis in parentheses)."""
+    from flopwise.planning.laws import LAWS
+
+    if law in LAWS:
+        return f"the {law} prior"
+    basis = law[len("campaign ("):-1] if law.startswith("campaign (") and law.endswith(")") else None
+    return f"the campaign's own allocation ({basis})" if basis else "the campaign's fitted law"

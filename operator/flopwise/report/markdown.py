@@ -10,7 +10,6 @@ from collections.abc import Mapping, Sequence
 from flopwise.api.spec import TrainingCampaignSpec
 from flopwise.api.status import FittedLaw, RunRecord, TrainingCampaignStatus
 from flopwise.contract import ModelShape
-from flopwise.overview.model import sized_by
 from flopwise.report import fmt, plots
 from flopwise.report.fmt import NA
 
@@ -136,7 +135,7 @@ def summary(spec: TrainingCampaignSpec, status: TrainingCampaignStatus, name: st
                      + (f", {fmt.usd(spec.budget.usd)}" if spec.budget.usd else "") + ").")
     if plan is not None:
         target = plan.target
-        law = sized_by(target.law)
+        law = fmt.sized_by(target.law)
         parts.append(f"The target is a {fmt.count(target.params)}-parameter model ({shape_text(target.shape)}) "
                      f"trained on {fmt.count(target.tokens)} tokens ({target.tokens_per_param:.1f} tokens per "
                      f"parameter, {fmt.flops(target.flops)} FLOPs), sized by {law}.")
