@@ -20,8 +20,10 @@ run-level bootstrap — reimplemented here as the baseline.
 
 Truths: each campaign is simulated under two laws: for the cluster, Epoch's refit and Chinchilla's Approach 3
 (their exponents differ, so a fit that borrows Epoch's exponents is tested against a truth that does not have
-them); for the quickstart, a byte-level law fitted to the quickstart's own ladder and a variant with steeper
-exponents. Each result row is one (design, ladder, truth, noise); rows with ``truth: "all"`` pool the truths.
+them); for the quickstart, two byte-level laws measured on its real runs and held to the optimum its ground truth
+measured (`measured_truth`). Each result row is one (design, ladder, truth, noise); rows with ``truth: "all"``
+pool the truths. The loss columns use the engine's own prediction (`Conclusion.predict`: the law, or the largest
+bracketed IsoFLOP minimum carried by it); ``median_law_loss_error`` and ``anchored`` put the law's alone beside it.
 
 The start grid is the coarse 243-start grid unless ``--grid hoffmann`` (the engine's 4500): on these designs
 both find the same optimum (``grid_check`` in the output gives the largest relative parameter difference on one
@@ -230,7 +232,7 @@ def legacy_fits(sets: list, grid) -> list[dict]:
     return out
 
 
-def batch_fits(runs: list[list[RunRecord]], grid, resamples: int) -> list[dict]:
+def batch_fits(runs: list[list[RunRecord]], grid, resamples: int, seeds: list[int] | None = None) -> list[dict]:
     """The full and borrowed-exponent fits of every rep's endpoints (same N and D, other losses) and their
     parametric bootstraps, each batched over the reps: what `conclude_ladder` would compute rep by rep."""
     ends = [endpoints(done) for done in runs]
@@ -244,7 +246,8 @@ def batch_fits(runs: list[list[RunRecord]], grid, resamples: int) -> list[dict]:
             noises = [noise_model(e.points, f, e.groups, floor) for e, f, floor in zip(ends, fits, floors,
                                                                                    strict=True)]
             boots = bootstrap_parametric_many(first, fits, noises, n_resamples=resamples, groups=ends[0].groups,
-                                              seeds=list(range(len(runs))), exponent_sd=PRIOR_EXPONENT_SD)
+                                              seeds=seeds or list(range(len(runs))),
+                                              exponent_sd=PRIOR_EXPONENT_SD)
         for i, (f, b) in enumerate(zip(fits, boots, strict=True)):
             out[i]["fits"][mode], out[i]["boots"][mode] = f, b
     return out
@@ -359,7 +362,8 @@ def fits_for(jobs: list[Job], grid) -> list[dict]:
         batches.setdefault(tuple((r.run_id, r.params, r.trajectory_tokens) for r in runs), []).append(i)
     out: list[dict] = [{} for _ in jobs]
     for members in batches.values():
-        for i, fitted in zip(members, batch_fits([done[i] for i in members], grid, jobs[0].resamples), strict=True):
+        fitted_all = batch_fits([done[i] for i in members], grid, jobs[0].resamples, [jobs[i].rep for i in members])
+        for i, fitted in zip(members, fitted_all, strict=True):
             out[i] = fitted
     return out
 

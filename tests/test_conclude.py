@@ -3,6 +3,7 @@ the fit, its identifiability, the allocation with its interval and basis, and Ch
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -237,17 +238,24 @@ def test_endpoints_are_annealed_final_losses_only() -> None:
     assert not math.isnan(ends.points.tokens.min())
 
 
+@functools.cache
+def measured_quickstart(day: str):
+    """A real quickstart's ladder records (tests/data) and what the engine concludes from them, as it does at the
+    ladder's end (200 bootstrap resamples, the campaign's seed-noise floor)."""
+    doc = json.loads((REPO / "tests" / "data" / f"quickstart-ladder-{day}.json").read_text())
+    runs = [RunRecord.model_validate(r) for r in doc["runs"]]
+    return doc, conclude_ladder(runs, flops=doc["finalFlops"], prior=allocation_rule("chinchilla-1"), resamples=200,
+                                floor_sd=doc["noiseFloorSd"])
+
+
 def test_the_quickstart_as_measured_recommends_near_the_size_that_measured_best() -> None:
     """Real data (tests/data/quickstart-ladder-2026-11-29.json): the quickstart's ladder as it ran on 2 CPU cores
     (1 of 3 IsoFLOP levels brackets its minimum; the borrowed-exponent fit puts N_opt's interval at more than 10×),
     and four sizes then trained for real for the final budget. The prior's allocation (262K params, what the
     campaign fell back on before) measured 3.7% worse than the best size; Approach 2 with Epoch's exponent as a
     prior recommends within 25% of the measured optimum, with the optimum inside its interval."""
-    doc = json.loads((REPO / "tests" / "data" / "quickstart-ladder-2026-11-29.json").read_text())
-    runs = [RunRecord.model_validate(r) for r in doc["runs"]]
+    doc, found = measured_quickstart("2026-11-29")
     truth = doc["groundTruth"]
-    found = conclude_ladder(runs, flops=truth["flops"], prior=allocation_rule("chinchilla-1"), resamples=200,
-                            floor_sd=doc["noiseFloorSd"])
     alloc = found.allocation
     assert alloc.basis == "approach-2-borrowed" and alloc.identified, alloc.message
     assert not found.status.identified  # the loss law itself is not: said beside the allocation
@@ -315,11 +323,8 @@ def test_a_second_quickstart_and_its_ground_truth() -> None:
     recommended size, half and double trained for real for the whole budget. Approach 2 with the borrowed
     exponent is the basis again; the size nearest its N_opt measured best of the three; the prediction holds.
     The two runs' N_opt are within 25% of each other (#13's run-to-run goal)."""
-    doc = json.loads((REPO / "tests" / "data" / "quickstart-ladder-2026-11-30.json").read_text())
-    runs = [RunRecord.model_validate(r) for r in doc["runs"]]
+    doc, found = measured_quickstart("2026-11-30")
     truth = doc["groundTruth"]
-    found = conclude_ladder(runs, flops=doc["finalFlops"], prior=allocation_rule("chinchilla-1"), resamples=200,
-                            floor_sd=doc["noiseFloorSd"])
     alloc = found.allocation
     assert alloc.basis == "approach-2-borrowed" and not found.status.identified, alloc.message
     sizes = {s["params"]: s for s in truth["sizes"]}
@@ -329,7 +334,5 @@ def test_a_second_quickstart_and_its_ground_truth() -> None:
     rec = sizes[nearest]
     made = found.predict(rec["params"], rec["tokens"])
     assert abs(made.loss / rec["finalValLoss"] - 1) < 0.03 and made.loss_low < rec["finalValLoss"] < made.loss_high
-    first = json.loads((REPO / "tests" / "data" / "quickstart-ladder-2026-11-29.json").read_text())
-    before = conclude_ladder([RunRecord.model_validate(r) for r in first["runs"]], flops=first["finalFlops"],
-                             prior=allocation_rule("chinchilla-1"), resamples=200, floor_sd=first["noiseFloorSd"])
+    _, before = measured_quickstart("2026-11-29")
     assert abs(math.log(alloc.params / before.allocation.params)) < math.log(1.25)
