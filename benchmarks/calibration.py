@@ -59,7 +59,7 @@ from flopwise.fitting.hygiene import clean, run_weights
 from flopwise.fitting.points import FitPoints
 from flopwise.planning.laws import CHINCHILLA_3, EPOCH, PowerLawAllocation, ScalingLaw, allocation_rule
 from flopwise.planning.plan import _Planner, final_budget, plan_campaign, plan_final
-from flopwise.simulate import CurveModel, finish, ladder_with_edges
+from flopwise.simulate import CurveModel, edge_headroom, finish, ladder_with_edges
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART_RECORDS = ROOT / "tests" / "data" / "quickstart-ladder-2026-11-29.json"
@@ -282,12 +282,7 @@ def ladder_records(spec: TrainingCampaignSpec, runs: list[PlannedRun]) -> list[R
 
 @functools.cache
 def headroom(design: str, ladder: str) -> float:
-    """FLOPs the budget leaves for IsoFLOP edge sizes: the budget less its margin, every planned run of every
-    phase (Round 1 and 2 as planned, not simulated) and the final run's share. The engine checks the same against
-    what the runs actually spent (`Campaign._affordable_before_final`); planned and spent agree to a few percent."""
-    spec = campaign_spec(design, ladder)
-    plan = plan_campaign(spec)
-    return plan.budget_flops * (1 - spec.budget.margin) - sum(r.flops for r in plan.all_runs())
+    return edge_headroom(campaign_spec(design, ladder))
 
 
 def simulate(job: Job) -> list[RunRecord]:

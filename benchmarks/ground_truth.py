@@ -152,8 +152,7 @@ def main() -> None:
 def _reconclude(status: TrainingCampaignStatus, spec, name: str):
     """The conclusion this checkout's engine draws from the campaign's records, as at the ladder's end (default
     bootstrap and start grid, the campaign's seed and noise floor)."""
-    floor = status.noise_floor
-    floor_sd = floor.sd / floor.mean_loss if floor is not None and floor.sd is not None and floor.mean_loss else None
+    floor_sd = status.noise_floor.relative_sd if status.noise_floor else None
     return conclude_ladder(status.runs, flops=final_budget(spec), prior=allocation_rule(spec.law),
                            seed=campaign_seed(name), floor_sd=floor_sd)
 

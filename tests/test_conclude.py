@@ -28,7 +28,7 @@ from flopwise.fitting.isoflop import (
 )
 from flopwise.planning.laws import CHINCHILLA_3, EPOCH, ScalingLaw, allocation_rule
 from flopwise.planning.plan import final_budget, plan_campaign
-from flopwise.simulate import CurveModel, curve, finish, ladder_with_edges
+from flopwise.simulate import CurveModel, curve, edge_headroom, finish, ladder_with_edges
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -291,7 +291,7 @@ def test_an_unidentified_law_predicts_from_the_measured_isoflop_minimum() -> Non
     plan = plan_campaign(spec)
     recs = build.ladder_records(plan.ladder.runs, kind=spec.tuning.schedule, lr_for=lambda _: 0.006,
                                 warmup_fraction=0.05, decay_fraction=spec.tuning.decay_fraction, seed=0)
-    headroom = plan.budget_flops * (1 - spec.budget.margin) - sum(r.flops for r in plan.all_runs())
+    headroom = edge_headroom(spec)
     truth = ScalingLaw(E=0.667, A=31.77, B=193.3, alpha=0.4, beta=0.4)
     done = ladder_with_edges(spec, recs, CurveModel(truth=truth, noise=0.01), np.random.default_rng(4), headroom)
     assert any(r.reason.startswith("size extended") for r in done)  # a level was lowest at an edge

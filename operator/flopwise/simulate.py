@@ -33,6 +33,7 @@ from flopwise.contract import lr_at
 from flopwise.engine import analysis, records
 from flopwise.engine.records import MIN_LR_RATIO
 from flopwise.planning.laws import ScalingLaw
+from flopwise.planning.plan import plan_campaign
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,14 @@ def finish(model: CurveModel, records: list[RunRecord], rng: np.random.Generator
                            curve=[{"tokens": t, "val_loss": v} for t, v in samples])
         out.append(rec.model_copy(update={"state": "Succeeded", "result": result}))
     return out
+
+
+def edge_headroom(spec: TrainingCampaignSpec) -> float:
+    """FLOPs the budget leaves for IsoFLOP edge sizes: the budget less its margin, every planned run of every phase
+    (as planned, not simulated) and the final run's share. The engine checks the same against what the runs
+    actually spent (`_affordable_before_final`); planned and spent agree to a few percent."""
+    plan = plan_campaign(spec)
+    return plan.budget_flops * (1 - spec.budget.margin) - sum(r.flops for r in plan.all_runs())
 
 
 def ladder_with_edges(spec: TrainingCampaignSpec, planned: list[RunRecord], model: CurveModel,

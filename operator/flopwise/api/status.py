@@ -448,6 +448,11 @@ class NoiseFloorStatus(ApiModel):
                                       "bound: not distinguishable from a rerun with another seed")
     message: str | None = Field(default=None, max_length=2048)
 
+    @property
+    def relative_sd(self) -> float | None:
+        """σ / L: the seed noise as the fit's noise model takes it (a lower bound for the bootstrap's)."""
+        return self.sd / self.mean_loss if self.sd is not None and self.mean_loss else None
+
 
 class PartialCheckStatus(ApiModel):
     """The final run stopped at a fraction of its tokens; the law refitted with its curve, before and after."""

@@ -141,16 +141,9 @@ class Conclusion:
         (``noise_sd``)."""
         from_params, from_tokens, from_loss = anchor
         ratio = self.law.loss(params, tokens) / self.law.loss(from_params, from_tokens)
-        low = high = None
-        if self.bootstrap_laws:
-            rng = np.random.default_rng(0)
-            ratios = np.array([b.loss(params, tokens) / b.loss(from_params, from_tokens)
-                               for b in self.bootstrap_laws])
-            draws = from_loss * ratios * np.exp(rng.normal(0.0, noise_sd, ratios.size))
-            draws = draws[np.isfinite(draws)]
-            if draws.size:
-                tail = (1 - level) / 2 * 100
-                low, high = (float(v) for v in np.percentile(draws, [tail, 100 - tail]))
+        ratios = np.array([b.loss(params, tokens) / b.loss(from_params, from_tokens) for b in self.bootstrap_laws])
+        noise = np.exp(np.random.default_rng(0).normal(0.0, noise_sd, ratios.size))
+        low, high = _percentiles(from_loss * ratios * noise, level)
         return Prediction(params=params, tokens=tokens, loss=from_loss * ratio, loss_low=low, loss_high=high,
                           source=source[:512])
 
@@ -169,16 +162,20 @@ class Conclusion:
             a = self.anchor
             return self.carried(params, tokens, (a.params, a.tokens, a.loss), a.sd, a.describe(), level)
         loss = self.law.loss(params, tokens)
-        low = high = None
-        if self.bootstrap_laws:
-            draws = np.array([law.loss(params, tokens) for law in self.bootstrap_laws])
-            draws = draws[np.isfinite(draws)]
-            if draws.size:
-                tail = (1 - level) / 2 * 100
-                low, high = (float(v) for v in np.percentile(draws, [tail, 100 - tail]))
+        low, high = _percentiles(np.array([law.loss(params, tokens) for law in self.bootstrap_laws]), level)
         identified = "" if self.status.identified else " (not identified)"
         return Prediction(params=params, tokens=tokens, loss=loss, loss_low=low, loss_high=high,
                           source=f"the {self.status.mode} fit{identified}")
+
+
+def _percentiles(draws: np.ndarray, level: float) -> tuple[float | None, float | None]:
+    """The central ``level`` interval of the finite draws (None, None without any)."""
+    draws = draws[np.isfinite(draws)]
+    if not draws.size:
+        return None, None
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def _optimum(law: ScalingLaw, flops: float) -> float | None:

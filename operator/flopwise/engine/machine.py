@@ -49,7 +49,7 @@ from flopwise.fitting.fit import COARSE_GRID, HOFFMANN_GRID, StartGrid
 from flopwise.fitting.points import FitInputError
 from flopwise.overview.columns import status_display
 from flopwise.planning.budget import Pool
-from flopwise.planning.laws import PowerLawAllocation, allocation_rule
+from flopwise.planning.laws import PowerLawAllocation, allocation_rule, campaign_law_name
 from flopwise.planning.plan import PlanError, final_budget, plan_campaign, plan_final, pool_of
 
 ObservedState = Literal["absent", "running", "queued", "succeeded", "failed", "lost"]
@@ -633,7 +633,7 @@ class _Engine:
                     f"({edge.edge_params:,.0f} params)"
             if isinstance(planned, str):
                 self._event("LevelNotExtended", f"{where}; not extended: {planned}")
-                self._mark_unextendable(edge, planned)
+                analysis.close_edge(self.status.runs, edge, planned)
                 continue
             _, warmup, _ = self._decided()
             record = records.ladder_records([planned], kind=self.spec.tuning.schedule, lr_for=self._lr_for,
@@ -643,16 +643,13 @@ class _Engine:
             if not self._affordable_before_final(record):
                 why = f"{planned.params:,} params would not fit the budget left beside the final run's share"
                 self._event("LevelNotExtended", f"{where}; not extended: {why}")
-                self._mark_unextendable(edge, why)
+                analysis.close_edge(self.status.runs, edge, why)
                 continue
             self.status.runs.append(record)
             self._event("LevelExtended", f"{where}; trying {planned.params:,} params ({planned.shape.n_layer}×"
                         f"{planned.shape.d_model}) on {planned.tokens:,} tokens")
             added = True
         return added
-
-    def _mark_unextendable(self, edge: analysis.LevelEdge, why: str) -> None:
-        analysis.close_edge(self.status.runs, edge, why)
 
     def _affordable_before_final(self, record: RunRecord) -> bool:
         """Would ``record`` fit the budget less its margin, with the final phase's planned runs still paid for?"""
@@ -689,10 +686,7 @@ class _Engine:
                         "annealed points (no intervals until the ladder ends)")
 
     def _floor_sd(self) -> float | None:
-        floor = self.status.noise_floor
-        if floor is None or floor.sd is None or not floor.mean_loss:
-            return None
-        return floor.sd / floor.mean_loss
+        return self.status.noise_floor.relative_sd if self.status.noise_floor else None
 
     def _conclude(self, extra: list[RunRecord] | None = None) -> conclude.Conclusion | None:
         """The ladder's law and allocation (with intervals), the target re-planned on it, and the prediction.
@@ -745,7 +739,7 @@ class _Engine:
         law = self.status.law
         exponent = conclude.allocation_exponent(law.alpha if law else None, law.beta if law else None, allocation)
         rule = PowerLawAllocation(params_exponent=exponent, anchor_params=allocation.params,
-                                  anchor_flops=allocation.flops, name=f"campaign ({allocation.basis})")
+                                  anchor_flops=allocation.flops, name=campaign_law_name(allocation.basis))
         try:
             plan.target, plan.final = plan_final(self.spec, rule)
             self._condition("Degraded", "False", "Replanned", f"target re-planned on the campaign's allocation "

@@ -133,3 +133,17 @@ def allocation_rule(name: str) -> AllocationRule:
 def tokens_for_params(rule: AllocationRule, params: float) -> float:
     """Compute-optimal training tokens for a model of ``params`` parameters under ``rule``."""
     return rule.allocate(rule.flops_for_params(params)).tokens
+
+
+CAMPAIGN_LAW = "campaign"
+
+
+def campaign_law_name(basis: str) -> str:
+    """The name of an allocation the campaign measured itself, with its basis (status.allocation.basis)."""
+    return f"{CAMPAIGN_LAW} ({basis})"
+
+
+def campaign_basis(name: str) -> str | None:
+    """The basis in a :func:`campaign_law_name`, or None for any other law's name."""
+    prefix = f"{CAMPAIGN_LAW} ("
+    return name[len(prefix):-1] if name.startswith(prefix) and name.endswith(")") else None

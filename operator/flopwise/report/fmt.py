@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from flopwise.planning.laws import LAWS, campaign_basis
+
 NA = "not available"
 
 
@@ -95,9 +97,7 @@ def duration(seconds: float | None) -> str:
 
 def sized_by(law: str) -> str:
     """Whose allocation sized the target: a prior law, or the campaign's own (its basis in parentheses)."""
-    from flopwise.planning.laws import LAWS
-
     if law in LAWS:
         return f"the {law} prior"
-    basis = law[len("campaign ("):-1] if law.startswith("campaign (") and law.endswith(")") else None
+    basis = campaign_basis(law)
     return f"the campaign's own allocation ({basis})" if basis else "the campaign's fitted law"
