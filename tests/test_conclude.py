@@ -308,13 +308,13 @@ def test_an_unidentified_law_predicts_from_the_measured_isoflop_minimum() -> Non
     assert made.loss == pytest.approx(anchor.loss * found.law.loss(params, tokens)
                                       / found.law.loss(anchor.params, anchor.tokens))
     assert made.loss_low < truth.loss(params, tokens) < made.loss_high
-    # on another draw the borrowed-exponent fit is identified: the prediction is that law's, and says so
-    other = ladder_with_edges(spec, recs, CurveModel(truth=truth, noise=0.01), np.random.default_rng(0), headroom)
+    # on another draw the five-parameter fit is identified: the prediction is that law's, and says so
+    other = ladder_with_edges(spec, recs, CurveModel(truth=truth, noise=0.01), np.random.default_rng(3), headroom)
     found = conclude_ladder(other, flops=flops, prior=allocation_rule(spec.law), resamples=60, grid=COARSE_GRID,
                             backtest_holdout=False)
-    assert found.allocation.basis == "borrowed" and found.anchor is None
+    assert found.allocation.basis == "full" and found.anchor is None
     made = found.predict(params, tokens)
-    assert made.source == "the borrowed fit" and made.loss == found.law.loss(params, tokens)
+    assert made.source == "the full fit" and made.loss == found.law.loss(params, tokens)
 
 
 def test_a_second_quickstart_and_its_ground_truth() -> None:
@@ -336,3 +336,22 @@ def test_a_second_quickstart_and_its_ground_truth() -> None:
     assert abs(made.loss / rec["finalValLoss"] - 1) < 0.03 and made.loss_low < rec["finalValLoss"] < made.loss_high
     _, before = measured_quickstart("2026-11-29")
     assert abs(math.log(alloc.params / before.allocation.params)) < math.log(1.25)
+
+
+def test_a_borrowed_fit_on_exponents_the_data_do_not_share_is_not_called_identified() -> None:
+    """Real data (tests/data/quickstart-ladder-minsteps400.json): the quickstart with ``ladder.minSteps: 400``.
+    With the borrowed exponents' sd at 0.05 its borrowed fit called itself identified and predicted the
+    recommended model (95,568 params, trained for real for the whole budget: 1.2458) at 1.372 [1.276, 1.484]:
+    10% high, the measured loss outside the interval. These runs' five-parameter fit puts β near 0.16, not Epoch's
+    0.37. With the borrowing's uncertainty drawn as it should be, that fit is not identified, Approach 2 with the
+    borrowed exponent is the basis, and the interval of the loss holds what was measured."""
+    doc = json.loads((REPO / "tests" / "data" / "quickstart-ladder-minsteps400.json").read_text())
+    runs = [RunRecord.model_validate(r) for r in doc["runs"]]
+    found = conclude_ladder(runs, flops=doc["finalFlops"], prior=allocation_rule("chinchilla-1"), resamples=200,
+                            floor_sd=doc["noiseFloorSd"])
+    assert found.allocation.basis == "approach-2-borrowed" and not found.status.identified, found.allocation.message
+    assert any("borrowed exponents not identified" in note for note in found.status.notes) or found.status.problems
+    rec = doc["groundTruth"]["sizes"][0]
+    made = found.predict(rec["params"], rec["tokens"])
+    assert made.loss_low < rec["finalValLoss"] < made.loss_high, made
+    assert found.allocation.params_low < rec["params"] < found.allocation.params_high
