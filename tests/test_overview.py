@@ -232,3 +232,26 @@ def test_status_and_report_commands_read_a_local_state_folder(tmp_path: Path, jo
     assert "# flopwise campaign report: tiny" in text and "campaign ETA" in text
     bad = flopwise("status", "no/such/thing", cwd=tmp_path)
     assert bad.exit_code == 2 and "NAMESPACE/NAME" in bad.output
+
+
+def test_a_law_its_data_do_not_identify_is_said_wherever_it_is_shown(journey) -> None:
+    """The plain progress line, the overview's law row and the recommendation all say when the law is not
+    identified (and a fit made while the ladder runs that it is provisional), and the recommendation what sized
+    the model instead; an identified law carries no such mark."""
+    from flopwise.cli.run_cmd import progress_line
+    from flopwise.overview.model import recommendation_text
+
+    fitted = [s for s, _ in journey if s.law is not None]
+    assert fitted
+    assert {s.law.identified for s in fitted} == {None, True}  # provisional fits, then the final one
+    for status in fitted:
+        ov = build_overview(status, name="tiny", spec=SPEC, progress={}, now=0.0)
+        for shown in (progress_line(status), ov.law):
+            assert ("provisional" in shown) == (status.law.identified is None) and "NOT IDENTIFIED" not in shown
+    done = journey[-1][0]
+    text = recommendation_text(done)
+    assert text is not None and "not identified" not in text
+    # the same status with its law marked unidentified: every place says so
+    marked = done.model_copy(update={"law": done.law.model_copy(update={"identified": False})})
+    assert "NOT IDENTIFIED" in progress_line(marked) and f"sized by {done.allocation.basis}" in \
+        recommendation_text(marked)

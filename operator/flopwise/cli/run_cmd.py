@@ -21,6 +21,7 @@ import click
 
 from flopwise.api.spec import TrainingCampaignSpec
 from flopwise.api.status import TrainingCampaignStatus
+from flopwise.overview.model import not_identified, recommendation_text
 
 LIVE_FOOTER = "Ctrl-C stops the runs (each checkpoints) and prints the command that resumes"
 
@@ -34,7 +35,7 @@ def progress_line(status: TrainingCampaignStatus) -> str:
     if status.law is not None:
         law = status.law
         parts.append(f"law E={law.E:.3g} A={law.A:.3g} B={law.B:.3g} α={law.alpha:.3f} β={law.beta:.3f} "
-                     f"({law.mode}, {law.n_points} pts)")
+                     f"({law.mode}, {law.n_points} pts{not_identified(law)})")
     if status.prediction is not None:
         p = status.prediction
         interval = f" [{p.loss_low:.3f}, {p.loss_high:.3f}]" if p.loss_low is not None else ""
@@ -156,13 +157,9 @@ def command(campaign_file: str, state_dir: str | None, resume: bool, threads: in
         signal.signal(signal.SIGINT, previous)
     report = write_report(campaign.spec, status, root / "report", campaign.metadata.name)
     click.echo(progress_line(status))
-    if status.recommendation is not None:
-        r = status.recommendation
-        ci = f" [{r.loss_low:.3f}, {r.loss_high:.3f}]" if r.loss_low is not None else ""
-        are = f", backtest ARE {r.backtest_are:.1%}" if r.backtest_are is not None else ""
-        loss = f"{r.predicted_loss:.3f}" if r.predicted_loss is not None else "n/a"
-        click.echo(f"recommendation: {r.params:,} params ({r.shape.n_layer}×{r.shape.d_model}) on {r.tokens:,} "
-                   f"tokens, lr {r.learning_rate:.3g}, warmup {r.warmup_fraction:g}, predicted loss {loss}{ci}{are}")
+    recommended = recommendation_text(status)
+    if recommended is not None:
+        click.echo(f"recommendation: {recommended}")
     if report is not None:
         click.echo(f"report: {report}")
     if status.phase == "Failed":

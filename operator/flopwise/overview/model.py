@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from flopwise.api.spec import TrainingCampaignSpec
-from flopwise.api.status import Plan, RunRecord, TargetPlan, TrainingCampaignStatus
+from flopwise.api.status import FittedLaw, Plan, RunRecord, TargetPlan, TrainingCampaignStatus
 from flopwise.contract import RunProgress
 from flopwise.overview.eta import Throughput, campaign_eta, remaining_by_phase, running_remaining, suspended
 from flopwise.planning.laws import LAWS, ScalingLaw
@@ -158,7 +158,7 @@ def build_overview(status: TrainingCampaignStatus, *, name: str, spec: TrainingC
     law_text = None
     if law is not None:
         law_text = (f"L = {fmt.sig(law.E)} + {fmt.sig(law.A)}/N^{law.alpha:.3f} + {fmt.sig(law.B)}/D^{law.beta:.3f}"
-                    f" ({law.mode}, {law.n_points} points from {law.n_runs} runs)")
+                    f" ({law.mode}, {law.n_points} points from {law.n_runs} runs{not_identified(law)})")
     prediction_text = None
     if prediction is not None:
         interval = (f" [{fmt.loss(prediction.loss_low)}, {fmt.loss(prediction.loss_high)}]"
@@ -236,13 +236,24 @@ def target_loss_text(target: TargetPlan, vocab_size: int) -> str:
     return "none until the campaign's own fit" + (f" ({reason})" if reason else "")
 
 
+def not_identified(law: FittedLaw) -> str:
+    """", NOT IDENTIFIED" for a law its data do not pin down, ", provisional" for a fit made while the ladder still
+    runs (not yet judged): said wherever the law is shown, never left to the notes."""
+    return "" if law.identified else ", provisional" if law.identified is None else ", NOT IDENTIFIED"
+
+
 def recommendation_text(status: TrainingCampaignStatus) -> str | None:
+    """The recommendation in one line; when the law is not identified, what sized the model instead."""
     rec = status.recommendation
     if rec is None:
         return None
+    basis = status.allocation.basis if status.allocation is not None else None
+    caveat = (f" (the fitted law is not identified: sized by {basis})"
+              if status.law is not None and status.law.identified is False and basis else "")
     loss = fmt.loss(rec.predicted_loss) if rec.predicted_loss is not None else "not predicted"
     interval = (f" [{fmt.loss(rec.loss_low)}, {fmt.loss(rec.loss_high)}]"
                 if rec.loss_low is not None and rec.loss_high is not None else "")
     are = f", backtest ARE {fmt.percent(rec.backtest_are)}" if rec.backtest_are is not None else ""
     return (f"{rec.params:,} params ({rec.shape.n_layer}×{rec.shape.d_model}) on {rec.tokens:,} tokens, "
-            f"lr {fmt.lr(rec.learning_rate)}, warmup {rec.warmup_fraction:g}, predicted loss {loss}{interval}{are}")
+            f"lr {fmt.lr(rec.learning_rate)}, warmup {rec.warmup_fraction:g}, predicted loss {loss}{interval}{are}"
+            f"{caveat}")
