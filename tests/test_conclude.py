@@ -16,7 +16,7 @@ from flopwise.api.load import parse_campaign
 from flopwise.api.status import RunRecord
 from flopwise.engine import records as build
 from flopwise.engine.conclude import conclude_ladder, endpoints
-from flopwise.fitting import identify
+from flopwise.fitting import e_profile, identify
 from flopwise.fitting.curves import fit_power_law, parabola_vertex
 from flopwise.fitting.fit import COARSE_GRID
 from flopwise.fitting.isoflop import (
@@ -355,3 +355,21 @@ def test_a_borrowed_fit_on_exponents_the_data_do_not_share_is_not_called_identif
     made = found.predict(rec["params"], rec["tokens"])
     assert made.loss_low < rec["finalValLoss"] < made.loss_high, made
     assert found.allocation.params_low < rec["params"] < found.allocation.params_high
+
+
+def test_e_profile_pins_e_where_the_ladder_identifies_it_and_says_when_it_cannot() -> None:
+    """The profile-likelihood interval of E (flopwise.fitting.e_profile): on the cluster design's IsoFLOP ladder under
+    Epoch's law (0.5% noise, where the five-parameter fit is identified) it holds the true E and is far from 0; on
+    the real quickstarts, where the five-parameter fit puts E at its bound, it reaches from 0 to more than half the
+    lowest loss, and the status says so beside the fit it explains."""
+    spec = cluster_spec(design="isoflop")
+    done = finish(CurveModel(truth=EPOCH, noise=0.005), ladder_records(spec), np.random.default_rng(3))
+    points = endpoints(done).points
+    low, high = e_profile.interval(e_profile.profile_e(points), len(points))
+    assert 0.5 * EPOCH.E < low < EPOCH.E < high < 1.5 * EPOCH.E, (low, high)
+    for day in ("2026-11-29", "2026-11-30"):
+        _, found = measured_quickstart(day)
+        said = [n for n in found.status.notes if n.startswith("E's 95% profile-likelihood interval: [0, ")]
+        assert len(said) == 1 and "these points do not bound E" in said[0], found.status.notes
+    _, identified = measured_quickstart("2026-11-29")
+    assert any("E = " in n and "at its bound" in n for n in identified.status.notes)  # the fit it explains

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flopwise.api.status import Allocation, Approach2Status, FittedLaw, Prediction, RunRecord
-from flopwise.fitting import identify
+from flopwise.fitting import e_profile, identify
 from flopwise.fitting.backtest import backtest
 from flopwise.fitting.bootstrap import BootstrapResult, NoiseModel, bootstrap_parametric, noise_model
 from flopwise.fitting.fit import HOFFMANN_GRID, FitResult, StartGrid, fit_points
@@ -306,6 +306,8 @@ def conclude_ladder(records: list[RunRecord], *, flops: float, prior: ScalingLaw
         if cand is not chosen and cand.problems:
             notes.append(f"{'five-parameter fit' if mode == 'full' else 'borrowed exponents'} not identified: "
                          + "; ".join(cand.problems))
+    if "full" in candidates and candidates["full"].law.E < identify.E_FLOOR:  # why E sits at 0: its profile
+        notes.append(e_profile.describe(e_profile.profile_e(pts), len(pts), float(pts.loss.min())))
     # The loss law: the chosen fit, else the best-supported one (reported as unidentified).
     law_source = chosen or candidates.get("borrowed") or candidates["full"]
     lows, highs = law_source.intervals()
