@@ -57,7 +57,10 @@ def test_a_forked_run_is_the_run_a_fresh_process_trains(data: Path, tmp_path: Pa
     assert warm.launch(record("r"), spec(warm, "r", data))
     assert "forked warm" in (warm.run_dir("r") / "launches.log").read_text()
     forked = finish(warm, "r")
+    server = warm.warm.process
+    assert server is not None and server.poll() is None  # one server, still there for the next run
     warm.close()
+    assert server.returncode == 0  # it ends when the executor lets it go (its stdin closes), and cleanly
     monkeypatch.setenv(WARM_ENV, "0")
     cold = LocalExecutor(tmp_path / "cold")
     assert cold.warm is None and cold.launch(record("r"), spec(cold, "r", data))
