@@ -72,8 +72,8 @@ def profile_e(points: FitPoints, fractions: tuple[float, ...] = FRACTIONS) -> li
 
 def interval(profile: list[ProfilePoint], n_points: int) -> tuple[float, float]:
     """The 95% profile-likelihood interval of E on the grid (its ends interpolated linearly in the statistic)."""
-    best = min(p.rms for p in profile)
-    stat = [n_points * np.log(p.rms ** 2 / best ** 2) for p in profile]
+    rms = [max(p.rms, 1e-12) for p in profile]  # a perfect fit still has its best point inside
+    stat = [n_points * 2 * np.log(r / min(rms)) for r in rms]
     inside = [i for i, value in enumerate(stat) if value <= CHI2_1_95]
     low_i, high_i = inside[0], inside[-1]
 
